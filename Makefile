@@ -1,0 +1,50 @@
+# One-line entry points. `make run` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Telemetry off everywhere, and nothing fetched from model hubs at run time.
+export ZENML_ANALYTICS_OPT_IN := false
+export ZENML_DEBUG := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup system-packages test test-fast run lint bench clean
+
+setup: $(STAMP)
+
+# Debian packages the project reads data from (Fashion-MNIST for the embedded dataset).
+system-packages:
+	@bash scripts/install_system_packages.sh
+
+$(STAMP): pyproject.toml scripts/install_system_packages.sh
+	@bash scripts/install_system_packages.sh
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m 'not slow'
+
+run: setup
+	$(BIN)/labelspace setup-stack
+	$(BIN)/dvc repro
+	$(BIN)/labelspace report
+
+lint: setup
+	$(BIN)/ruff check src steps pipelines tests benchmarks
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

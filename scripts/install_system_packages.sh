@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the Debian packages labelspace needs; a no-op when they are already there.
+set -euo pipefail
+packages=()
+[ -d /usr/share/datasets/fashion-mnist ] || packages+=(dataset-fashion-mnist)
+[ ${#packages[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+  echo "labelspace needs the Debian packages: ${packages[*]}; install them as root (apt-get install ${packages[*]})" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${packages[*]}"
+$sudo apt-get update -q >/dev/null
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${packages[@]}" >/dev/null

