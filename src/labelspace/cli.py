@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "setup-stack": ("labelspace.stack", "register the ZenML stack (local orchestrator, MLflow tracker and registry)"),
     "run": ("labelspace.run", "run the training pipeline (ingest, embed, train, evaluate, register)"),
     "report": ("labelspace.report", "print the metrics table and how to open the MLflow UI"),
+    "promote": ("labelspace.registry", "move an alias (default champion) to a registered model version"),
 }
 
 _TELEMETRY_OFF = {
