@@ -54,9 +54,12 @@ class LabelSpaceModel(nn.Module):
                 return self.backbone(images)
         return self.backbone(images)
 
+    def from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Head only, for training on cached backbone features: (B, F) -> A (B, k, d)."""
+        return self.head(self.dropout(feats)).view(-1, self.k, self.d)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.dropout(self.features(images))  # (B, F)
-        return self.head(feats).view(-1, self.k, self.d)  # (B, k, d)
+        return self.from_features(self.features(images))  # (B, k, d)
 
     def distances(self, images: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         return label_distances(self(images), W)  # (B, L)
@@ -86,14 +89,13 @@ class BCEBaselineModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.num_features, n_labels)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.freeze_backbone:
-            self.backbone.eval()
-            with torch.no_grad():
-                feats = self.backbone(images)
-        else:
-            feats = self.backbone(images)
+    features = LabelSpaceModel.features
+
+    def from_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(feats))  # (B, L) logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.from_features(self.features(images))
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         return self(images)
