@@ -14,7 +14,9 @@ import numpy as np
 def _as_arrays(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
     def to_numpy(x: Any) -> np.ndarray:
         if hasattr(x, "detach"):  # torch tensor, without importing torch here
-            x = x.detach().float().cpu().numpy()
+            # double, not float: float32 would turn nearly equal float64 scores into ties and
+            # change the top-k, so numpy and torch inputs would disagree.
+            x = x.detach().cpu().double().numpy()
         return np.asarray(x)
 
     s = to_numpy(scores).astype(np.float64)
@@ -111,7 +113,7 @@ def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
     n_rel = rel.sum()
     if n_rel == 0:
         raise ValueError("average precision needs at least one relevant item")
-    last_of_tie = np.r_[np.diff(s) != 0, True]
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # not np.diff: inf - inf is NaN, which would split a tie
     tp = np.cumsum(rel)[last_of_tie]
     seen = (np.arange(1, s.size + 1))[last_of_tie]
     precision = tp / seen
