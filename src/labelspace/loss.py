@@ -48,7 +48,7 @@ def hinge_rank_loss(
     positives = targets > 0  # (B, L)
     if negative_mask is None:
         negative_mask = sample_negatives(targets, n_negatives, generator)
-    negative_mask = negative_mask & ~positives
+    negative_mask = negative_mask.bool() & ~positives  # a 0/1 float mask works too; never a positive
     n_pos = positives.sum(dim=1)  # (B,)
     has_pos = n_pos > 0
     pos_mean = (distances * positives).sum(dim=1) / n_pos.clamp(min=1)  # (B,)
