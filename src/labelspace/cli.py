@@ -18,8 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("labelspace.preprocess", "decode a manifest's images once into memory-mapped uint8 arrays"),
     "download": ("labelspace.download", "fetch the images of a NUS-WIDE-urls.txt into the release layout"),
     "data-version": ("labelspace.data_version", "print the DVC data version of a tracked path"),
-    "setup-stack": ("labelspace.stack", "register the ZenML stack (local orchestrator, MLflow tracker and registry)"),
-    "run": ("labelspace.run", "run the training pipeline (ingest, embed, train, evaluate, register)"),
+    "setup-stack": ("pipelines.stack", "register the ZenML stack (local orchestrator, MLflow tracker and registry)"),
+    "run": ("pipelines.run", "run the training pipeline (ingest, embed, train, evaluate, register)"),
     "report": ("labelspace.report", "print the metrics table and how to open the MLflow UI"),
     "promote": ("labelspace.registry", "move an alias (default champion) to a registered model version"),
 }
@@ -50,8 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_code_root_to_path() -> None:
+    """steps/ and pipelines/ live beside src/ in the checkout, outside the installed package."""
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
 def main(argv: list[str] | None = None) -> int:
     telemetry_off()
+    _add_code_root_to_path()
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     args = build_parser().parse_args()

@@ -1,0 +1,89 @@
+"""`labelspace run`: compute the data versions, make sure the stack exists, run the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import labelspace
+
+
+def code_root() -> Path:
+    """The checkout holding steps/ and pipelines/ (ZenML resolves step sources from it)."""
+    return Path(labelspace.__file__).resolve().parents[2]
+
+
+def prepare_environment() -> Path:
+    """Project root (the folder of params.yaml) and process settings; call before importing ZenML."""
+    from labelspace.cli import telemetry_off
+    from labelspace.params import find_params_file
+
+    telemetry_off()
+    project_root = find_params_file().parent.resolve()
+    # ZenML's store lives in the project unless the team points it elsewhere (e.g. a ZenML server).
+    os.environ.setdefault("ZENML_CONFIG_PATH", str(project_root / ".zenml"))
+    os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "WARN")
+    return project_root
+
+
+def resolve(root: Path, path: str) -> Path:
+    p = Path(path)
+    return (p if p.is_absolute() else root / p).resolve()
+
+
+def dataset_version(path: Path, root: Path) -> str:
+    """DVC's hash of a tracked output; a content fingerprint of anything DVC does not track."""
+    from labelspace.data_version import data_version, fingerprint_path
+
+    try:
+        return data_version(path, repo_root=root)
+    except (KeyError, ValueError, FileNotFoundError):
+        return fingerprint_path(path)
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="a NUS-WIDE-layout dataset folder (default: ingest.dataset in params.yaml)")
+    p.add_argument("--vectors", help="word2vec-format vectors (default: vectors.path in params.yaml)")
+    p.add_argument("--no-cache", action="store_true", help="run every step even if ZenML has it cached")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    project_root = prepare_environment()
+    from labelspace.evaluation import metrics_table
+    from labelspace.params import find_params_file, load_params, params_hash
+    from labelspace.tracking import configure_mlflow, ensure_experiment
+
+    params = load_params(find_params_file())
+    dataset = resolve(project_root, args.dataset or params["ingest"]["dataset"])
+    vectors = resolve(project_root, args.vectors or params["vectors"]["path"])
+    for what, path, fix in (("dataset", dataset, "run `dvc repro sample` or pass --dataset"),
+                            ("word vectors", vectors, "run `dvc repro vectors` or pass --vectors")):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} {path} does not exist: {fix}")
+    versions = {"dataset": dataset_version(dataset, project_root), "vectors": dataset_version(vectors, project_root)}
+    print(f"dataset {dataset} @ {versions['dataset']}\nvectors {vectors} @ {versions['vectors']}")
+
+    tracking_uri = configure_mlflow(project_root)
+    from zenml.utils import source_utils
+
+    from pipelines.stack import ensure_stack
+    from pipelines.training import EXPERIMENT, training_pipeline
+
+    source_utils.set_custom_source_root(str(code_root()))
+    ensure_experiment(EXPERIMENT, project_root)
+    ensure_stack(tracking_uri, code_root())
+    report_path = resolve(project_root, params["evaluate"]["report"])
+    pipeline = training_pipeline.with_options(enable_cache=not args.no_cache)
+    pipeline(
+        dataset=str(dataset), dataset_version=versions["dataset"], vectors_path=str(vectors),
+        vectors_version=versions["vectors"], params=params, params_hash=params_hash(params),
+        project_root=str(project_root), cache_dir=str(resolve(project_root, params["ingest"].get("cache_dir", "data/cache"))),
+        checkpoint_dir=str(resolve(project_root, params["train"].get("checkpoint_dir", "checkpoints"))),
+        report_path=str(report_path),
+    )
+    report = json.loads(report_path.read_text())
+    print("\n" + metrics_table(report))
+    print(f"\nMLflow: {tracking_uri}")
+    return 0

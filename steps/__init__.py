@@ -1,0 +1,1 @@
+"""ZenML steps: thin typed wrappers over the labelspace library, one per file."""

@@ -1,0 +1,22 @@
+"""Step: the word vector of every concept, under the policy of labelspace.word_vectors."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from zenml import log_metadata, step
+
+
+@step
+def embed_labels(
+    concepts: list[str], vectors_path: str, vectors_version: str, aliases: dict
+) -> tuple[Annotated[list[str], "labels"], Annotated[np.ndarray, "label_vectors"], Annotated[dict, "label_resolution"]]:
+    """`vectors_version` keys the cache on the vectors file's content."""
+    from labelspace.word_vectors import load_word_vectors, resolve_label_vectors
+
+    kv = load_word_vectors(vectors_path)
+    resolved = resolve_label_vectors(kv, concepts, aliases, vectors_name=vectors_path)
+    log_metadata(metadata={"vectors_version": vectors_version, "n_labels": len(concepts),
+                           "dimension": int(resolved.matrix.shape[1])})
+    return resolved.labels, resolved.matrix, resolved.how

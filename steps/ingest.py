@@ -1,0 +1,34 @@
+"""Step: read a NUS-WIDE-layout dataset into a manifest and decode its images once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from zenml import log_metadata, step
+
+
+@step
+def ingest(
+    dataset: str, dataset_version: str, image_size: int, cache_dir: str
+) -> tuple[
+    Annotated[pd.DataFrame, "manifest"],
+    Annotated[list[str], "concepts"],
+    Annotated[dict, "ingest_report"],
+    Annotated[str, "image_arrays"],
+    Annotated[str, "dataset_version"],
+]:
+    """`dataset_version` (DVC's hash of the dataset) keys the cache: new data, new manifest."""
+    from labelspace.nuswide import ingest as ingest_dataset
+    from labelspace.nuswide import read_manifest
+    from labelspace.preprocess import build_image_arrays
+
+    folder = Path(cache_dir) / dataset_version.replace("/", "_")
+    manifest_path = folder / "manifest.parquet"
+    report = ingest_dataset(dataset, manifest_path)
+    manifest, concepts = read_manifest(manifest_path)
+    arrays = build_image_arrays(manifest_path, dataset, image_size, folder / f"images-{image_size}")
+    counts = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+    log_metadata(metadata={"dataset": dataset, "dataset_version": dataset_version, **counts})
+    return manifest, concepts, report, str(arrays), dataset_version

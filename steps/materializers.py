@@ -1,0 +1,37 @@
+"""ZenML materializer for TrainedModel: stored as plain files, never as a pickled module."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, ClassVar
+
+from zenml.enums import ArtifactType
+from zenml.io import fileio
+from zenml.materializers.base_materializer import BaseMaterializer
+
+from labelspace.artifacts import TrainedModel
+
+_FILES = ("model.json", "label_vectors.npy", "weights.pt")
+
+
+class TrainedModelMaterializer(BaseMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (TrainedModel,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
+
+    def load(self, data_type: type[Any]) -> TrainedModel:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in _FILES:
+                fileio.copy(os.path.join(self.uri, name), os.path.join(tmp, name))
+            return TrainedModel.load(tmp)
+
+    def save(self, data: TrainedModel) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            data.save(tmp)
+            for name in _FILES:
+                fileio.copy(os.path.join(tmp, name), os.path.join(self.uri, name), overwrite=True)
+
+    def extract_metadata(self, data: TrainedModel) -> dict[str, Any]:
+        final = data.history[-1] if data.history else {}
+        return {"head": data.head, "backbone": data.config.get("backbone"), "n_labels": len(data.labels),
+                "epochs": len(data.history), "final_loss": float(final.get("loss", float("nan")))}

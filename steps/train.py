@@ -1,0 +1,79 @@
+"""Step: train one head (the label space or the BCE baseline) with MLflow curves and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+from zenml import log_metadata, step
+
+from labelspace.artifacts import TrainedModel
+from steps.materializers import TrainedModelMaterializer
+
+
+@step(experiment_tracker=True, output_materializers=TrainedModelMaterializer)
+def train(
+    manifest: pd.DataFrame,
+    labels: list[str],
+    label_vectors: np.ndarray,
+    image_arrays: str,
+    dataset_version: str,
+    head: str,
+    params: dict,
+    checkpoint_dir: str,
+    held_out: list[str] | None = None,
+) -> Annotated[TrainedModel, "model"]:
+    """`params` holds the model, loss and train sections of params.yaml; held-out labels never train."""
+    import mlflow
+    import torch
+
+    from labelspace.dataset import split_indices, target_matrix
+    from labelspace.evaluation import flat_metrics
+    from labelspace.metrics import mean_average_precision, topk_metrics
+    from labelspace.preprocess import load_image_arrays
+    from labelspace.training import TrainConfig, extract_features, scores_from_features, train_model
+
+    config = TrainConfig.from_params(params, head=head)
+    train_params = params.get("train", {})
+    held = set(held_out or [])
+    keep = [i for i, label in enumerate(labels) if label not in held]
+    train_labels = [labels[i] for i in keep]
+    vectors = label_vectors[keep]
+    images = load_image_arrays(image_arrays)
+    targets = target_matrix(manifest, train_labels)
+    splits = split_indices(manifest, train_params.get("val_fraction", 0.1), train_params.get("seed", 0))
+
+    val_cache: dict[str, torch.Tensor] = {}
+
+    def validate(model, epoch: int) -> dict[str, float]:
+        val_idx = splits["val"]
+        y = targets[val_idx]
+        if len(val_idx) == 0 or not y.any():
+            return {}
+        device = next(model.parameters()).device
+        if config.freeze_backbone:
+            if "feats" not in val_cache:
+                val_cache["feats"] = extract_features(model, images, val_idx, device, desc="val features")
+            feats = val_cache["feats"]
+        else:
+            feats = extract_features(model, images, val_idx, device, desc="val features")
+        scores = scores_from_features(model, feats, vectors, device)
+        top3 = topk_metrics(scores, y, 3)
+        return {"val_mAP": mean_average_precision(scores, y), "val_top3_C-F1": top3["C-F1"],
+                "val_top3_O-F1": top3["O-F1"]}
+
+    def on_epoch(epoch: int, record: dict[str, float]) -> None:
+        mlflow.log_metrics({f"{head}/{k}": float(v) for k, v in record.items() if k != "epoch"}, step=epoch)
+
+    mlflow.log_params({f"{head}.{k}": v for k, v in vars(config).items() if k != "extra"})
+    result = train_model(
+        config, images, targets, splits["train"], vectors, data_key=f"{dataset_version}:{','.join(train_labels)}",
+        checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, validate=validate,
+    )
+    final = result.history[-1] if result.history else {}
+    log_metadata(metadata={"head": head, "resumed_from_epoch": result.resumed_from_epoch,
+                           "n_train_images": len(splits["train"]), "n_val_images": len(splits["val"]),
+                           **flat_metrics({"final": {k: v for k, v in final.items() if k != "epoch"}}, head)})
+    return TrainedModel(config=vars(config).copy(), labels=train_labels, label_vectors=vectors,
+                        state_dict=result.model.state_dict(), history=result.history)
