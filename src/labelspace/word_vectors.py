@@ -35,13 +35,16 @@ class MissingWordVectorsError(KeyError):
         return self.args[0]
 
 
+_SNIFF_BYTES = 4096
+
+
 def is_word2vec_binary(path: str | os.PathLike) -> bool:
     """Sniff a word2vec file: text files are UTF-8 lines of `word f f f ...` after the header."""
     with open(path, "rb") as f:
         header = f.readline()
         if len(header.split()) != 2:
             raise ValueError(f"{path} is not in word2vec format: the first line must be '<count> <dim>'")
-        chunk = f.read(4096)
+        chunk = f.read(_SNIFF_BYTES)
     try:
         text = chunk.decode("utf-8")
     except UnicodeDecodeError:
@@ -51,6 +54,8 @@ def is_word2vec_binary(path: str | os.PathLike) -> bool:
         except UnicodeDecodeError:
             return True
     first = text.split("\n", 1)[0].split(" ")
+    if "\n" not in text and len(chunk) == _SNIFF_BYTES:
+        first = first[:-1]  # a line longer than the chunk: its last number may be cut ("-" of "-0.1")
     if len(first) < 2:
         return True
     try:
@@ -68,7 +73,7 @@ def load_word_vectors(path: str | os.PathLike, binary: bool | None = None, limit
     if not path.is_file():
         raise FileNotFoundError(
             f"word-vector file {path} does not exist: run `dvc repro vectors` (or "
-            "`labelspace export-vectors --out {path}`) to export the GloVe vectors shipped with the project"
+            f"`labelspace export-vectors --out {path}`) to export the GloVe vectors shipped with the project"
         )
     if binary is None:
         binary = is_word2vec_binary(path)
