@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,15 @@ def test_export_vectors_command(tmp_path):
     kv = load_word_vectors(out)
     assert len(kv) == 1000 and kv.vector_size == 50
     np.testing.assert_allclose(kv["the"], np.load(glove_package_files()[0], mmap_mode="r")[0], rtol=1e-6)
+
+
+def test_export_vectors_reads_its_defaults_from_params_yaml(tmp_path, monkeypatch):
+    from labelspace.word_vectors_cli import run_cli
+
+    out = tmp_path / "from-params.bin"
+    params = tmp_path / "params.yaml"
+    params.write_text(f"vectors:\n  path: {out}\n  limit: 20\n", encoding="utf-8")
+    monkeypatch.setenv("LABELSPACE_PARAMS", str(params))
+    assert run_cli(argparse.Namespace(out=None, limit=None, text=False)) == 0
+    assert is_word2vec_binary(out) is True
+    assert len(load_word_vectors(out)) == 20
