@@ -1,0 +1,94 @@
+"""The data version of a DVC-tracked path: DVC's md5 of the output (`<md5>.dir` for a folder), read
+from the repository's dvc.lock (pipeline outputs) or `<path>.dvc` (`dvc add`ed data), for lineage.
+
+dvc.lock says what `dvc repro` last produced. With `verify=True` the workspace is hashed with DVC's
+own API and a mismatch (data edited, or not yet checked out) is an error rather than a wrong record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+
+def _normalize(path: str) -> str:
+    return PurePosixPath(str(path).replace("\\", "/")).as_posix().removeprefix("./").rstrip("/")
+
+
+def _relative_to_repo(path: str | os.PathLike, repo_root: Path) -> str:
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            p = p.resolve().relative_to(repo_root.resolve())
+        except ValueError:
+            raise ValueError(f"{path} is outside the DVC repository {repo_root.resolve()}") from None
+    return _normalize(p.as_posix())
+
+
+def tracked_outputs(repo_root: str | os.PathLike = ".") -> dict[str, str]:
+    """{output path relative to the repo root: md5} of every output in the repository's dvc.lock."""
+    lock = Path(repo_root) / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    return {_normalize(out["path"]): out["md5"]
+            for stage in stages.values() for out in stage.get("outs", []) if out.get("md5")}
+
+
+def _added_output(rel_path: str, repo_root: Path) -> str | None:
+    """md5 recorded by `dvc add` in `<path>.dvc`, if there is one."""
+    dvc_file = repo_root / (rel_path + ".dvc")
+    if not dvc_file.is_file():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
+    name = PurePosixPath(rel_path).name
+    return next((out.get("md5") for out in outs if _normalize(out.get("path", "")) == name), None)
+
+
+def _check_workspace(rel_path: str, repo_root: Path) -> None:
+    from dvc.repo import Repo
+
+    with Repo(str(repo_root)) as repo:
+        (out,) = repo.find_outs_by_path(str(repo_root.resolve() / rel_path))
+        status = out.workspace_status()
+    if status:
+        state = next(iter(status.values()))
+        raise RuntimeError(
+            f"{rel_path} is {state} since dvc.lock recorded it: run `dvc repro` (or `dvc checkout {rel_path}` "
+            "to restore the recorded version) before recording its data version"
+        )
+
+
+def data_version(path: str | os.PathLike, repo_root: str | os.PathLike = ".", verify: bool = False) -> str:
+    """DVC's hash of the tracked output at `path` (relative to repo_root, or absolute), e.g. 'ab12...ef.dir'."""
+    repo_root = Path(repo_root)
+    rel_path = _relative_to_repo(path, repo_root)
+    outputs = tracked_outputs(repo_root)
+    version = outputs.get(rel_path) or _added_output(rel_path, repo_root)
+    if version:
+        if verify:
+            _check_workspace(rel_path, repo_root)
+        return version
+    parent = next((o for o in outputs if rel_path.startswith(o + "/")), None)
+    if parent is not None:
+        raise ValueError(f"{rel_path} is inside the DVC output {parent}: ask for the version of {parent} "
+                         f"({outputs[parent]}) instead")
+    known = ", ".join(sorted(outputs)) or "none"
+    raise ValueError(
+        f"{rel_path} is not tracked by DVC in {repo_root.resolve()}: it is no output in dvc.lock and has no "
+        f"{rel_path}.dvc file (tracked: {known}). Run `dvc repro` if a dvc.yaml stage produces it, or `dvc add {rel_path}`"
+    )
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a DVC-tracked output, e.g. data/fashion-canvas")
+    p.add_argument("--repo-root", default=".", help="the DVC repository (default: current folder)")
+    p.add_argument("--verify", action="store_true", help="also hash the workspace and fail if it differs from the lock")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    print(data_version(args.path, args.repo_root, verify=args.verify))
+    return 0
