@@ -157,3 +157,8 @@ def test_a_float_negative_mask_means_the_same_as_a_boolean_one():
     as_bool = hinge_rank_loss(distances, targets, negative_mask=mask)
     as_float = hinge_rank_loss(distances, targets, negative_mask=mask.float())
     assert float(as_float) == float(as_bool)
+
+
+def test_a_negative_number_of_negatives_is_rejected():
+    with pytest.raises(ValueError, match="n_negatives must be >= 0"):
+        hinge_rank_loss(torch.zeros(2, 3), torch.ones(2, 3), n_negatives=-1)

@@ -16,6 +16,8 @@ def sample_negatives(
 
     When an image has fewer negatives than asked for, all of them are used; None means all.
     """
+    if n_negatives is not None and n_negatives < 0:
+        raise ValueError(f"n_negatives must be >= 0, or None for all negatives (loss.n_negatives); got {n_negatives}")
     negatives = targets <= 0
     if n_negatives is None or n_negatives >= targets.shape[1]:
         return negatives
