@@ -135,6 +135,13 @@ def test_every_missing_label_is_listed_with_the_fix(kv):
     assert isinstance(error, KeyError)  # callers catching KeyError still see it
 
 
+def test_a_label_whose_alias_has_no_vector_says_so(kv):
+    with pytest.raises(MissingWordVectorsError) as raised:
+        resolve_label_vectors(kv, ["coat", "bag"], aliases={"bag": "purse"})
+    assert raised.value.missing == ["bag"]
+    assert "'bag' (alias 'purse' has no vector either)" in str(raised.value)
+
+
 def test_export_glove_writes_the_packaged_vectors(tmp_path):
     out = tmp_path / "glove-1000.bin"
     assert export_glove(out, limit=1000) == 1000

