@@ -1,0 +1,341 @@
+"""The served model: an MLflow pyfunc that takes images and returns ranked labels with distances.
+
+It is rebuilt at load time from plain files, never from pickled modules: a JSON config, a state_dict
+of tensors (loaded with weights_only=True), the training label vocabulary with its word vectors and,
+optionally, an open vocabulary (more words with vectors) so any of those words can be ranked too.
+The labelspace package travels inside the model (`code_paths`), so a process that has only the
+pip requirements installed can load it, and the code that serves is the code that trained.
+
+Request: a DataFrame with a string column `image` (base64 JPEG/PNG bytes, or a path on the
+server's disk); params `top_k` (default 5) and `labels` (rank these words instead of the training
+vocabulary). Response: one row per image, `labels` best first and `distances` ||A w||^2 ascending.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from PIL import Image, UnidentifiedImageError
+
+import labelspace
+from labelspace.model import LabelSpaceModel
+
+FORMAT_VERSION = 1
+DEFAULT_TOP_K = 5
+BATCH_SIZE = 32
+IMAGE_COLUMN = "image"
+
+# Distributions the served model imports, by backbone family; versions are pinned at log time.
+_BASE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow")
+_BACKBONE_REQUIREMENTS = {"efficientnet_lite0": ("efficientnet-lite-pytorch",)}
+_TORCHVISION = ("torchvision",)
+
+
+# ---------------------------------------------------------------- images in, tensors out
+
+
+def image_to_base64(image: bytes | str | os.PathLike | Image.Image, fmt: str = "PNG") -> str:
+    """The `image` column value for a request: base64 of encoded bytes, a file, or a PIL image."""
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        image = buffer.getvalue()
+    elif isinstance(image, (str, os.PathLike)):
+        image = Path(image).read_bytes()
+    return base64.b64encode(image).decode("ascii")
+
+
+def decode_image(value: Any, row: int = 0) -> Image.Image:
+    """An RGB PIL image from base64 bytes (optionally a data: URL), raw bytes, or an existing path."""
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if len(text) < 4096 and os.path.isfile(text):
+            raw = Path(text).read_bytes()
+        else:
+            if text.startswith("data:") and "," in text:
+                text = text.split(",", 1)[1]
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise MlflowException.invalid_parameter_value(
+                    f"row {row}: column '{IMAGE_COLUMN}' must hold base64-encoded JPEG/PNG bytes or the path "
+                    f"of an existing image file; got {text[:40]!r}{'...' if len(text) > 40 else ''}"
+                ) from None
+    else:
+        raise MlflowException.invalid_parameter_value(
+            f"row {row}: column '{IMAGE_COLUMN}' must hold strings (base64 image bytes or a path), "
+            f"got {type(value).__name__}"
+        )
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise MlflowException.invalid_parameter_value(
+            f"row {row}: the {len(raw)} bytes are not an image PIL can read ({e}); send JPEG or PNG"
+        ) from None
+
+
+def images_to_tensor(
+    images: list[Image.Image], image_size: int | tuple[int, int], mean: tuple, std: tuple
+) -> torch.Tensor:
+    """RGB images -> (B, 3, H, W) float32: bilinear resize, [0, 1], then the backbone's mean/std."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    arrays = [np.asarray(img.convert("RGB").resize((width, height), Image.BILINEAR)) for img in images]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (batch - mean_t) / std_t
+
+
+# ---------------------------------------------------------------- the pyfunc
+
+
+class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
+    """Ranks a vocabulary of words for each image by ||A(image) w||^2, smallest first."""
+
+    def load_context(self, context) -> None:
+        artifacts = context.artifacts
+        self.config = json.loads(Path(artifacts["config"]).read_text(encoding="utf-8"))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = LabelSpaceModel(
+            backbone=self.config["backbone"], k=self.config["k"], d=self.config["d"], pretrained=False
+        )
+        state = torch.load(artifacts["state_dict"], map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        self.model = model.to(self.device).eval()
+
+        self.labels = json.loads(Path(artifacts["labels"]).read_text(encoding="utf-8"))
+        vectors = [np.load(artifacts["label_vectors"])]
+        words = list(self.labels)
+        self.n_open = 0
+        if "open_words" in artifacts:
+            open_words = Path(artifacts["open_words"]).read_text(encoding="utf-8").split("\n")
+            open_words = [w for w in open_words if w]
+            vectors.append(np.load(artifacts["open_vectors"]))
+            words += open_words
+            self.n_open = len(open_words)
+        self.vectors = torch.from_numpy(np.concatenate(vectors).astype(np.float32)).to(self.device)  # (V, d)
+        self.row_of: dict[str, int] = {}
+        for row, word in enumerate(words):
+            self.row_of.setdefault(word, row)  # a training label wins over the same open word
+
+    def _vocabulary(self, requested: list[str] | None) -> tuple[list[str], torch.Tensor]:
+        if not requested:
+            return list(self.labels), self.vectors[: len(self.labels)]
+        rows, unknown = [], []
+        for word in requested:
+            row = self.row_of.get(word, self.row_of.get(str(word).lower()))
+            if row is None:
+                unknown.append(word)
+            else:
+                rows.append(row)
+        if unknown:
+            raise MlflowException.invalid_parameter_value(
+                f"no word vector bundled for {len(unknown)} requested label(s): "
+                f"{', '.join(repr(w) for w in unknown)}. This model can rank its {len(self.labels)} training "
+                f"labels and {self.n_open} open-vocabulary words; drop these labels or log the model with an "
+                "open vocabulary that covers them."
+            )
+        index = torch.tensor(rows, device=self.device)
+        return [str(w) for w in requested], self.vectors[index]
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        params = params or {}
+        top_k = int(params.get("top_k", DEFAULT_TOP_K))
+        if top_k < 1:
+            raise MlflowException.invalid_parameter_value(f"top_k must be at least 1, got {top_k}")
+        names, W = self._vocabulary(list(params.get("labels") or []))  # W (L, d)
+        values = _image_column(model_input)
+        top_k = min(top_k, len(names))
+
+        ranked_labels, ranked_distances = [], []
+        for start in range(0, len(values), BATCH_SIZE):
+            chunk = values[start : start + BATCH_SIZE]
+            images = [decode_image(v, start + i) for i, v in enumerate(chunk)]
+            x = images_to_tensor(images, self.config["image_size"], self.config["input_mean"],
+                                 self.config["input_std"]).to(self.device)
+            with torch.inference_mode():
+                D = self.model.distances(x, W).float()  # (B, L)
+            best = torch.topk(D, top_k, dim=1, largest=False, sorted=True)
+            for idx, dist in zip(best.indices.cpu().tolist(), best.values.cpu().tolist(), strict=True):
+                ranked_labels.append([names[i] for i in idx])
+                ranked_distances.append([float(v) for v in dist])
+        return pd.DataFrame({"labels": ranked_labels, "distances": ranked_distances})
+
+
+def _image_column(model_input: Any) -> list[Any]:
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN not in model_input.columns:
+            raise MlflowException.invalid_parameter_value(
+                f"the input needs a string column '{IMAGE_COLUMN}' (base64 JPEG/PNG bytes or a path); "
+                f"got columns {list(model_input.columns)}"
+            )
+        return model_input[IMAGE_COLUMN].tolist()
+    if isinstance(model_input, (list, tuple, pd.Series)):
+        return list(model_input)
+    raise MlflowException.invalid_parameter_value(
+        f"the input must be a DataFrame with a column '{IMAGE_COLUMN}', got {type(model_input).__name__}"
+    )
+
+
+# ---------------------------------------------------------------- logging the model
+
+# MLflow "models from code": the model is this script, not a cloudpickle of a Python object, so the
+# bundle holds no pickle at all and loading it runs only the labelspace code that travels with it.
+_MODEL_CODE = """\
+# The labelspace pyfunc, rebuilt at load time from the bundled config, state_dict and vectors.
+import mlflow
+
+from labelspace.serving import LabelSpacePyfunc
+
+mlflow.models.set_model(LabelSpacePyfunc())
+"""
+
+
+def model_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string, IMAGE_COLUMN)]),
+        outputs=Schema([ColSpec(Array(DataType.string), "labels"), ColSpec(Array(DataType.double), "distances")]),
+        params=ParamSchema([
+            ParamSpec("top_k", DataType.long, DEFAULT_TOP_K),
+            ParamSpec("labels", DataType.string, [], shape=(-1,)),  # empty = the training vocabulary
+        ]),
+    )
+
+
+def serving_requirements(backbone: str) -> list[str]:
+    """Pinned pip requirements of the served model (labelspace itself travels as code)."""
+    names = _BASE_REQUIREMENTS + _BACKBONE_REQUIREMENTS.get(backbone, _TORCHVISION)
+    pinned = []
+    for name in names:
+        try:
+            version = metadata.version(name).split("+")[0]  # torch 2.x+cpu is not on PyPI as such
+        except metadata.PackageNotFoundError:
+            pinned.append(name)
+            continue
+        pinned.append(f"{name}=={version}")
+    return pinned
+
+
+def model_config(model: LabelSpaceModel, config: dict[str, Any]) -> dict[str, Any]:
+    """The caller's config (needs `backbone` and `image_size`) completed from the model itself."""
+    missing = [key for key in ("backbone", "image_size") if key not in config]
+    if missing:
+        raise ValueError(f"config for the served model needs {missing} (e.g. from params.yaml model.backbone "
+                         "and ingest.image_size)")
+    for key in ("k", "d"):
+        if key in config and int(config[key]) != getattr(model, key):
+            raise ValueError(f"config says {key}={config[key]} but the model has {key}={getattr(model, key)}")
+    return {
+        **config,
+        "k": model.k,
+        "d": model.d,
+        "num_features": model.backbone.num_features,
+        "input_mean": list(model.backbone.input_mean),
+        "input_std": list(model.backbone.input_std),
+        "format_version": FORMAT_VERSION,
+        "labelspace_version": labelspace.__version__,
+    }
+
+
+def write_model_artifacts(
+    folder: str | os.PathLike,
+    model: LabelSpaceModel,
+    labels: list[str],
+    label_vectors: np.ndarray,
+    config: dict[str, Any],
+    open_vocabulary: tuple[list[str], np.ndarray] | None = None,
+) -> dict[str, str]:
+    """Write the files LabelSpacePyfunc loads; returns the `artifacts` mapping for log_model."""
+    folder = Path(folder)
+    label_vectors = _checked_vectors("label_vectors", labels, label_vectors, model.d)
+    if len(set(labels)) != len(labels):
+        raise ValueError("labels must be unique")
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    files = {
+        "config": folder / "config.json",
+        "state_dict": folder / "state_dict.pt",
+        "labels": folder / "labels.json",
+        "label_vectors": folder / "label_vectors.npy",
+    }
+    files["config"].write_text(json.dumps(model_config(model, config), indent=2, sort_keys=True), encoding="utf-8")
+    torch.save(state, files["state_dict"])
+    files["labels"].write_text(json.dumps(list(labels), ensure_ascii=False), encoding="utf-8")
+    np.save(files["label_vectors"], label_vectors)
+    if open_vocabulary is not None:
+        words, vectors = open_vocabulary
+        vectors = _checked_vectors("open_vocabulary vectors", words, vectors, model.d)
+        if any(not w or any(c.isspace() for c in w) for w in words):
+            raise ValueError("open_vocabulary words must be single non-empty tokens (one per line in the bundle)")
+        files["open_words"] = folder / "open_words.txt"
+        files["open_vectors"] = folder / "open_vectors.npy"
+        files["open_words"].write_text("\n".join(words) + "\n", encoding="utf-8")
+        np.save(files["open_vectors"], vectors)
+    return {key: str(path) for key, path in files.items()}
+
+
+def _checked_vectors(what: str, words: list[str], vectors: np.ndarray, d: int) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape != (len(words), d):
+        raise ValueError(f"{what} must be ({len(words)}, {d}) to match {len(words)} words and the model's d={d}; "
+                         f"got {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return vectors
+
+
+def log_labelspace_model(
+    model: LabelSpaceModel,
+    labels: list[str],
+    label_vectors: np.ndarray,
+    config: dict[str, Any],
+    *,
+    name: str = "model",
+    open_vocabulary: tuple[list[str], np.ndarray] | None = None,
+    input_example_image: bytes | None = None,
+):
+    """Log the pyfunc into the active MLflow run; returns mlflow's ModelInfo (its `model_uri` registers).
+
+    MLflow runs the input example through the logged model once, so a model that cannot serve is
+    reported at logging time, not at the first request.
+    """
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_labelspace_model needs an active MLflow run: call it inside mlflow.start_run()")
+    full_config = model_config(model, config)
+    if input_example_image is None:
+        size = full_config["image_size"]
+        blank = Image.new("RGB", (size, size) if isinstance(size, int) else tuple(size)[::-1], (128, 128, 128))
+        input_example_image = base64.b64decode(image_to_base64(blank))
+    example = pd.DataFrame({IMAGE_COLUMN: [image_to_base64(input_example_image)]})
+    with tempfile.TemporaryDirectory(prefix="labelspace-model-") as tmp:
+        artifacts = write_model_artifacts(tmp, model, labels, label_vectors, full_config, open_vocabulary)
+        entry = Path(tmp) / "labelspace_model.py"
+        entry.write_text(_MODEL_CODE, encoding="utf-8")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(entry),
+            artifacts=artifacts,
+            signature=model_signature(),
+            input_example=example,
+            code_paths=[str(Path(labelspace.__file__).resolve().parent)],
+            pip_requirements=serving_requirements(full_config["backbone"]),
+        )
