@@ -191,14 +191,14 @@ def _write_layout(canvases: list[_Canvas], out: Path) -> None:
     concepts = sorted(CONCEPTS_BY_CLASS)  # Concepts81.txt is alphabetical in the real release
     _write_lines(out / "ConceptsList" / "Concepts81.txt", concepts)
     for split, list_name, suffix in (("train", "TrainImagelist.txt", "Train"), ("test", "TestImagelist.txt", "Test")):
-        rows = sorted((c for c in canvases if c.split == split), key=lambda c: (c.folder, c.file))
+        rows = sorted((c for c in canvases if c.split == split), key=lambda c: (c.folder, c.photo_id))
         _write_lines(out / "ImageList" / list_name, [f"{c.folder}\\{c.file}" for c in rows])
         for concept in concepts:
             cls = CLASS[concept]
             values = ["1" if cls in c.garments else "0" for c in rows]
             _write_lines(out / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_{suffix}.txt", values)
     url_rows = ["%%% Photo_file Photo_id url_Large url_Middle url_Small url_Original"]
-    for c in sorted(canvases, key=lambda c: (c.folder, c.file)):
+    for c in sorted(canvases, key=lambda c: (c.folder, c.photo_id)):
         url = f"{URL_BASE}/Flickr/{c.folder}/{c.file}"
         url_rows.append(f"C:\\ImageData\\Flickr\\{c.folder}\\{c.file} {c.photo_id} null {url} {url} null")
         image_path = out / "Flickr" / c.folder / c.file
@@ -249,9 +249,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
     params = dict(section(load_params(), "sample"))
     out = args.out or params.pop("out", None)
+    params.pop("out", None)  # when --out was given
     if not out:
         raise ValueError("no output folder: pass --out DIR or set sample.out in params.yaml")
-    params.pop("out", None)
     unknown = set(params) - set(_FLAGS)
     if unknown:
         raise KeyError(f"params.yaml sample section has unknown keys {sorted(unknown)}; known: {sorted(_FLAGS)}")

@@ -1,0 +1,153 @@
+"""The NUS-WIDE layout reader on a hand-written fixture with every fault of the real release."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labelspace import cli
+from labelspace.nuswide import ingest, read_manifest, read_nuswide_layout, report_path
+
+LABELS = "Groundtruth/TrainTestLabels"
+
+
+def _jpeg(seed: int, size=(32, 24)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _write(path, content: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+@pytest.fixture
+def release(tmp_path):
+    """A 3-concept dataset written the way the real release is, faults included."""
+    root = tmp_path / "nus-wide"
+    _write(root / "ConceptsList/Concepts81.txt", "lake\r\nsky\r\nperson\r\n\r\n")  # CRLF, blank trailing line
+    train = [
+        "lake\\0001_100.jpg",     # ok: lake, sky
+        "lake\\0002_101.jpg  ",   # trailing spaces; stray `2` in the lake file -> sky only
+        "sky\\0003_102.jpg",      # missing file; `x` in the person file
+        "sky\\0004_103.jpg",      # zero-byte file
+        "person\\0005_104.jpg",   # truncated JPEG
+        "person\\0006_105.jpg",   # no label at all, kept
+        "person\\0007_106.jpg",   # `-1` in the lake file -> person only
+    ]
+    _write(root / "ImageList/TrainImagelist.txt", "\r\n".join(train) + "\r\n\r\n\r\n")
+    _write(root / LABELS / "Labels_lake_Train.txt", "1\r\n2\r\n0\r\n0\r\n0\r\n0\r\n-1\r\n")
+    _write(root / LABELS / "Labels_sky_Train.txt", "1\n1\n1\n0\n0\n0\n0\n")
+    _write(root / LABELS / "Labels_person_Train.txt", "0 \n0\t\nx\n0\n1\n0\n1\n\n")
+    test = ["sky\\0008_107.jpg", "lake\\0009_108.jpg", "sky\\0008_107.jpg"]  # the last lists an image twice
+    _write(root / "ImageList/TestImagelist.txt", "\n".join(test) + "\n")
+    _write(root / LABELS / "Labels_lake_Test.txt", "0\n1 \n0\n")
+    _write(root / LABELS / "Labels_sky_Test.txt", "1\r\n0\r\n1\r\n")
+    _write(root / LABELS / "Labels_person_Test.txt", "0\n0\n0")  # no final line end
+    for i, name in enumerate(["lake/0001_100", "lake/0002_101", "person/0006_105", "person/0007_106",
+                              "sky/0008_107", "lake/0009_108"]):
+        _write(root / f"Flickr/{name}.jpg", _jpeg(i))
+    _write(root / "Flickr/sky/0004_103.jpg", b"")
+    _write(root / "Flickr/person/0005_104.jpg", _jpeg(9, size=(64, 64))[:600])
+    return root
+
+
+def test_every_fault_is_counted_and_the_good_rows_are_exact(release):
+    manifest, report = read_nuswide_layout(release)
+
+    assert manifest.to_dict("list") == {
+        "image_id": ["0001_100", "0002_101", "0006_105", "0007_106", "0008_107", "0009_108"],
+        "path": ["Flickr/lake/0001_100.jpg", "Flickr/lake/0002_101.jpg", "Flickr/person/0006_105.jpg",
+                 "Flickr/person/0007_106.jpg", "Flickr/sky/0008_107.jpg", "Flickr/lake/0009_108.jpg"],
+        "folder": ["lake", "lake", "person", "person", "sky", "lake"],
+        "split": ["train"] * 4 + ["test"] * 2,
+        "labels": [["lake", "sky"], ["sky"], [], ["person"], ["sky"], ["lake"]],
+    }
+    assert report["concepts"] == ["lake", "sky", "person"]
+    expected = {"listed": 10, "ok": 6, "missing_file": 1, "undecodable": 1, "truncated": 1, "duplicate": 1,
+                "no_labels": 1, "bad_label_values": 3, "blank_list_lines": 0}
+    assert {k: report[k] for k in expected} == expected
+    assert report["per_split"]["train"] == {"listed": 7, "ok": 4, "missing_file": 1, "undecodable": 1,
+                                            "truncated": 1, "duplicate": 0, "no_labels": 1}
+    assert report["bad_label_value_locations"] == [
+        {"file": f"{LABELS}/Labels_lake_Train.txt", "line": 2, "value": "2"},
+        {"file": f"{LABELS}/Labels_lake_Train.txt", "line": 7, "value": "-1"},
+        {"file": f"{LABELS}/Labels_person_Train.txt", "line": 3, "value": "x"},
+    ]
+    assert report["dropped"] == {"missing_file": ["Flickr/sky/0003_102.jpg"],
+                                 "undecodable": ["Flickr/sky/0004_103.jpg"],
+                                 "truncated": ["Flickr/person/0005_104.jpg"],
+                                 "duplicate": ["Flickr/sky/0008_107.jpg"]}
+
+
+def test_without_verification_only_existence_is_checked(release):
+    manifest, report = read_nuswide_layout(release, verify_images=False)
+    assert (report["ok"], report["missing_file"], report["undecodable"], report["truncated"]) == (8, 1, 0, 0)
+    assert "Flickr/person/0005_104.jpg" in set(manifest["path"])
+    assert report["images_verified"] is False
+
+
+def test_a_label_file_shorter_than_its_image_list_is_an_error_naming_both_lengths(release):
+    _write(release / LABELS / "Labels_sky_Test.txt", "1\n0\n")
+    with pytest.raises(ValueError, match=r"Labels_sky_Test\.txt has 2 lines but its image list .*TestImagelist\.txt has 3"):
+        read_nuswide_layout(release)
+
+
+def test_a_label_file_longer_than_its_image_list_is_an_error(release):
+    _write(release / LABELS / "Labels_lake_Train.txt", "0\n" * 8)
+    with pytest.raises(ValueError, match=r"Labels_lake_Train\.txt has 8 lines but .* has 7"):
+        read_nuswide_layout(release)
+
+
+def test_a_concept_without_label_file_is_an_error_naming_it(release):
+    (release / LABELS / "Labels_person_Test.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"Labels_person_Test\.txt for concept 'person'"):
+        read_nuswide_layout(release)
+
+
+def test_a_folder_that_is_not_a_dataset_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="NUS-WIDE layout"):
+        read_nuswide_layout(tmp_path)
+
+
+def test_blank_lines_inside_an_image_list_keep_the_labels_aligned(release):
+    _write(release / "ImageList/TestImagelist.txt", "sky\\0008_107.jpg\n\nlake\\0009_108.jpg\n")
+    manifest, report = read_nuswide_layout(release)
+    test = manifest[manifest["split"] == "test"]
+    assert test["labels"].tolist() == [["sky"], ["sky"]]  # line 3 of the sky file belongs to 0009_108
+    assert report["blank_list_lines"] == 1
+
+
+def test_ingest_writes_the_manifest_with_its_concepts_and_the_report_beside_it(release, tmp_path):
+    out = tmp_path / "manifests" / "nus.parquet"
+    report = ingest(release, out)
+    manifest, concepts = read_manifest(out)
+    expected, _ = read_nuswide_layout(release)
+    assert manifest.to_dict("list") == expected.to_dict("list")
+    assert concepts == ["lake", "sky", "person"]
+    assert report_path(out) == tmp_path / "manifests" / "nus.report.json"
+    assert json.loads(report_path(out).read_text()) == report
+
+
+def test_read_manifest_rejects_a_parquet_without_concepts(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "other.parquet"
+    pd.DataFrame({"path": ["a.jpg"]}).to_parquet(path)
+    with pytest.raises(ValueError, match="not written by labelspace ingest"):
+        read_manifest(path)
+
+
+def test_cli_ingest(release, tmp_path, capsys):
+    out = tmp_path / "m.parquet"
+    assert cli.main(["ingest", "--root", str(release), "--out", str(out), "--no-verify-images"]) == 0
+    printed = capsys.readouterr().out
+    assert "8 of 10 listed images kept (2 with no label)" in printed
+    assert "3 stray label value(s)" in printed
+    assert json.loads(report_path(out).read_text())["images_verified"] is False
