@@ -33,13 +33,25 @@ def resolve(root: Path, path: str) -> Path:
     return (p if p.is_absolute() else root / p).resolve()
 
 
+def fingerprint_path(path: Path) -> str:
+    """Hash of the names, sizes and modification times of every file under `path` (or of one file)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"untracked-{h.hexdigest()[:32]}"
+
+
 def dataset_version(path: Path, root: Path) -> str:
-    """DVC's hash of a tracked output; a content fingerprint of anything DVC does not track."""
-    from labelspace.data_version import data_version, fingerprint_path
+    """DVC's hash of a tracked output; a fingerprint of the files of anything DVC does not track."""
+    from labelspace.data_version import data_version
 
     try:
-        return data_version(path, repo_root=root)
-    except (KeyError, ValueError, FileNotFoundError):
+        return data_version(path, repo_root=root, verify=True)
+    except (KeyError, ValueError, FileNotFoundError, LookupError):
         return fingerprint_path(path)
 
 

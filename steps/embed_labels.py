@@ -1,8 +1,6 @@
 """Step: the word vector of every concept, under the policy of labelspace.word_vectors."""
 
-from __future__ import annotations
-
-from typing import Annotated
+from typing import Annotated, Tuple
 
 import numpy as np
 from zenml import log_metadata, step
@@ -11,7 +9,7 @@ from zenml import log_metadata, step
 @step
 def embed_labels(
     concepts: list[str], vectors_path: str, vectors_version: str, aliases: dict
-) -> tuple[Annotated[list[str], "labels"], Annotated[np.ndarray, "label_vectors"], Annotated[dict, "label_resolution"]]:
+) -> Tuple[Annotated[list[str], "labels"], Annotated[np.ndarray, "label_vectors"], Annotated[dict, "label_resolution"]]:
     """`vectors_version` keys the cache on the vectors file's content."""
     from labelspace.word_vectors import load_word_vectors, resolve_label_vectors
 

@@ -1,7 +1,5 @@
 """Step: test-split metrics of the label space and the BCE baseline, the report file and the plots."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated

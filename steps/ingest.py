@@ -1,9 +1,7 @@
 """Step: read a NUS-WIDE-layout dataset into a manifest and decode its images once."""
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Tuple
 
 import pandas as pd
 from zenml import log_metadata, step
@@ -12,7 +10,7 @@ from zenml import log_metadata, step
 @step
 def ingest(
     dataset: str, dataset_version: str, image_size: int, cache_dir: str
-) -> tuple[
+) -> Tuple[
     Annotated[pd.DataFrame, "manifest"],
     Annotated[list[str], "concepts"],
     Annotated[dict, "ingest_report"],

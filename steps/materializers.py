@@ -1,6 +1,5 @@
 """ZenML materializer for TrainedModel: stored as plain files, never as a pickled module."""
 
-from __future__ import annotations
 
 import os
 import tempfile

@@ -1,7 +1,5 @@
 """Step: log the label-space model as an MLflow pyfunc and register it as `challenger`, with lineage."""
 
-from __future__ import annotations
-
 import hashlib
 import io
 from typing import Annotated

@@ -1,7 +1,5 @@
 """Step: train one head (the label space or the BCE baseline) with MLflow curves and checkpoints."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import numpy as np

@@ -248,10 +248,10 @@ def train_model(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            total += float(loss) * len(pos)
+            total += loss.item() * len(pos)
             seen += len(pos)
             skipped += n_skipped
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         record = {"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": scheduler.get_last_lr()[0],
                   "skipped_images": skipped}
         if validate is not None:
