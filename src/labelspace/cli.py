@@ -65,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     args = build_parser().parse_args()
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    # A level on the handler too: libraries that log at DEBUG on their own loggers propagate here.
+    handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.basicConfig(level=handler.level, handlers=[handler])
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run_cli(args) or 0)
