@@ -31,3 +31,30 @@ def _torch_threads():
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small real embedded dataset (Fashion-MNIST canvases in the NUS-WIDE layout), ingested and
+    decoded at 32 px: (root, manifest, concepts, images)."""
+    from labelspace.nuswide import ingest, read_manifest
+    from labelspace.preprocess import build_image_arrays, load_image_arrays
+    from labelspace.sample import SampleConfig, build_sample
+
+    base = tmp_path_factory.mktemp("tiny")
+    root = base / "fashion-canvas"
+    build_sample(root, SampleConfig(n_train=96, n_test=32, seed=1))
+    ingest(root, base / "manifest.parquet")
+    manifest, concepts = read_manifest(base / "manifest.parquet")
+    arrays = build_image_arrays(base / "manifest.parquet", root, 32, base / "images-32")
+    return root, manifest, concepts, load_image_arrays(arrays)
+
+
+@pytest.fixture(scope="session")
+def small_vectors(tmp_path_factory) -> Path:
+    """The packaged GloVe vectors, all 400k words (the garment names include rare ones), word2vec binary."""
+    from labelspace.word_vectors import export_glove
+
+    path = tmp_path_factory.mktemp("vectors") / "glove-6b-50d.bin"
+    export_glove(path)
+    return path
