@@ -16,14 +16,10 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from labelspace.model import LabelSpaceModel
-from labelspace.serving import (
-    decode_image,
-    image_to_base64,
-    images_to_tensor,
-    log_labelspace_model,
-    write_model_artifacts,
-)
+from labelspace.preprocess import decode_resized
+from labelspace.serving import image_to_base64, log_labelspace_model, write_model_artifacts
 from labelspace.tracking import ensure_experiment
+from labelspace.training import to_input
 from labelspace.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
 
 FASHION_TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -76,10 +72,16 @@ def test_predict_ranks_the_training_labels_by_ascending_distance(served):
         assert list(distances) == sorted(distances) and all(d >= 0 for d in distances)
 
 
+def model_input(served) -> torch.Tensor:
+    """The served JPEG as the training code feeds the model: preprocess's resize, training's to_input."""
+    array = np.stack([decode_resized(io.BytesIO(served.jpeg), 64)])  # (1, 64, 64, 3) uint8
+    return to_input(array, served.model, torch.device("cpu"))
+
+
 def test_distances_are_the_models_own(served):
     """The rebuilt model (state_dict + bundled vectors) reproduces ||A w||^2 of the trained one."""
     out = served.pyfunc.predict(served.request.iloc[:1])
-    x = images_to_tensor([decode_image(image_to_base64(served.jpeg))], 64, (0.5,) * 3, (0.5,) * 3)
+    x = model_input(served)
     with torch.no_grad():
         expected = served.model.distances(x, torch.from_numpy(served.vectors.matrix))[0]
     by_label = dict(zip(out["labels"][0], out["distances"][0], strict=True))
@@ -96,7 +98,7 @@ def test_top_k_and_open_vocabulary_labels(served):
     # 'jacket' was never a training label: its distance comes from the bundled open vocabulary.
     everything = served.pyfunc.predict(served.request.iloc[:1], params={"top_k": 10, "labels": ["jacket"]})
     W = torch.from_numpy(served.kv["jacket"][None, :].copy())
-    x = images_to_tensor([Image.open(io.BytesIO(served.jpeg)).convert("RGB")], 64, (0.5,) * 3, (0.5,) * 3)
+    x = model_input(served)
     with torch.no_grad():
         expected = float(served.model.distances(x, W)[0, 0])
     assert everything["labels"][0] == ["jacket"]

@@ -3,8 +3,10 @@
 It is rebuilt at load time from plain files, never from pickled modules: a JSON config, a state_dict
 of tensors (loaded with weights_only=True), the training label vocabulary with its word vectors and,
 optionally, an open vocabulary (more words with vectors) so any of those words can be ranked too.
-The labelspace package travels inside the model (`code_paths`), so a process that has only the
-pip requirements installed can load it, and the code that serves is the code that trained.
+The model is logged "from code" (a three-line script, no cloudpickle) and the labelspace package
+travels inside it (`code_paths`), so a process with only the pip requirements installed can load
+it, and the code that serves is the code that trained. Images go through the training path:
+`preprocess.decode_resized` (whole image, bilinear, S x S) then `training.to_input`.
 
 Request: a DataFrame with a string column `image` (base64 JPEG/PNG bytes, or a path on the
 server's disk); params `top_k` (default 5) and `labels` (rank these words instead of the training
@@ -32,6 +34,8 @@ from PIL import Image, UnidentifiedImageError
 
 import labelspace
 from labelspace.model import LabelSpaceModel
+from labelspace.preprocess import decode_resized
+from labelspace.training import to_input
 
 FORMAT_VERSION = 1
 DEFAULT_TOP_K = 5
@@ -39,7 +43,7 @@ BATCH_SIZE = 32
 IMAGE_COLUMN = "image"
 
 # Distributions the served model imports, by backbone family; versions are pinned at log time.
-_BASE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow")
+_BASE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "tqdm")
 _BACKBONE_REQUIREMENTS = {"efficientnet_lite0": ("efficientnet-lite-pytorch",)}
 _TORCHVISION = ("torchvision",)
 
@@ -58,48 +62,38 @@ def image_to_base64(image: bytes | str | os.PathLike | Image.Image, fmt: str = "
     return base64.b64encode(image).decode("ascii")
 
 
-def decode_image(value: Any, row: int = 0) -> Image.Image:
-    """An RGB PIL image from base64 bytes (optionally a data: URL), raw bytes, or an existing path."""
+def image_bytes(value: Any, row: int = 0) -> bytes:
+    """The encoded image in one `image` cell: base64 (optionally a data: URL), raw bytes, or a path."""
     if isinstance(value, (bytes, bytearray)):
-        raw = bytes(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if len(text) < 4096 and os.path.isfile(text):
-            raw = Path(text).read_bytes()
-        else:
-            if text.startswith("data:") and "," in text:
-                text = text.split(",", 1)[1]
-            try:
-                raw = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                raise MlflowException.invalid_parameter_value(
-                    f"row {row}: column '{IMAGE_COLUMN}' must hold base64-encoded JPEG/PNG bytes or the path "
-                    f"of an existing image file; got {text[:40]!r}{'...' if len(text) > 40 else ''}"
-                ) from None
-    else:
+        return bytes(value)
+    if not isinstance(value, str):
         raise MlflowException.invalid_parameter_value(
             f"row {row}: column '{IMAGE_COLUMN}' must hold strings (base64 image bytes or a path), "
             f"got {type(value).__name__}"
         )
+    text = value.strip()
+    if len(text) < 4096 and os.path.isfile(text):
+        return Path(text).read_bytes()
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            return img.convert("RGB")
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise MlflowException.invalid_parameter_value(
+            f"row {row}: column '{IMAGE_COLUMN}' must hold base64-encoded JPEG/PNG bytes or the path "
+            f"of an existing image file; got {text[:40]!r}{'...' if len(text) > 40 else ''}"
+        ) from None
+
+
+def image_array(value: Any, image_size: int, row: int = 0) -> np.ndarray:
+    """(S, S, 3) uint8 RGB of one `image` cell, resized exactly as the training arrays were."""
+    raw = image_bytes(value, row)
+    try:
+        return decode_resized(io.BytesIO(raw), image_size)
     except (UnidentifiedImageError, OSError) as e:
         raise MlflowException.invalid_parameter_value(
             f"row {row}: the {len(raw)} bytes are not an image PIL can read ({e}); send JPEG or PNG"
         ) from None
-
-
-def images_to_tensor(
-    images: list[Image.Image], image_size: int | tuple[int, int], mean: tuple, std: tuple
-) -> torch.Tensor:
-    """RGB images -> (B, 3, H, W) float32: bilinear resize, [0, 1], then the backbone's mean/std."""
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    arrays = [np.asarray(img.convert("RGB").resize((width, height), Image.BILINEAR)) for img in images]
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (batch - mean_t) / std_t
 
 
 # ---------------------------------------------------------------- the pyfunc
@@ -166,9 +160,8 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
         ranked_labels, ranked_distances = [], []
         for start in range(0, len(values), BATCH_SIZE):
             chunk = values[start : start + BATCH_SIZE]
-            images = [decode_image(v, start + i) for i, v in enumerate(chunk)]
-            x = images_to_tensor(images, self.config["image_size"], self.config["input_mean"],
-                                 self.config["input_std"]).to(self.device)
+            arrays = np.stack([image_array(v, self.config["image_size"], start + i) for i, v in enumerate(chunk)])
+            x = to_input(arrays, self.model, self.device)  # (B, 3, S, S), normalised as in training
             with torch.inference_mode():
                 D = self.model.distances(x, W).float()  # (B, L)
             best = torch.topk(D, top_k, dim=1, largest=False, sorted=True)
@@ -247,6 +240,7 @@ def model_config(model: LabelSpaceModel, config: dict[str, Any]) -> dict[str, An
             raise ValueError(f"config says {key}={config[key]} but the model has {key}={getattr(model, key)}")
     return {
         **config,
+        "image_size": int(config["image_size"]),  # square, as preprocess.decode_resized makes them
         "k": model.k,
         "d": model.d,
         "num_features": model.backbone.num_features,
@@ -323,7 +317,7 @@ def log_labelspace_model(
     full_config = model_config(model, config)
     if input_example_image is None:
         size = full_config["image_size"]
-        blank = Image.new("RGB", (size, size) if isinstance(size, int) else tuple(size)[::-1], (128, 128, 128))
+        blank = Image.new("RGB", (size, size), (128, 128, 128))
         input_example_image = base64.b64decode(image_to_base64(blank))
     example = pd.DataFrame({IMAGE_COLUMN: [image_to_base64(input_example_image)]})
     with tempfile.TemporaryDirectory(prefix="labelspace-model-") as tmp:

@@ -20,7 +20,15 @@ REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
 
 def project_root(root: str | os.PathLike | None = None) -> Path:
     """`root` when given, else the folder of the params.yaml found from the cwd upward."""
-    return Path(root).resolve() if root is not None else find_params_file().resolve().parent
+    if root is not None:
+        return Path(root).resolve()
+    try:
+        return find_params_file().resolve().parent
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"cannot tell which MLflow backend to use: {e}; or set {TRACKING_URI_ENV} "
+            "(e.g. http://host:5000 for a team's mlflow server)"
+        ) from None
 
 
 def sqlite_path(uri: str) -> Path | None:
