@@ -91,7 +91,7 @@ def run_cli(args: argparse.Namespace) -> int:
     pipeline(
         dataset=str(dataset), dataset_version=versions["dataset"], vectors_path=str(vectors),
         vectors_version=versions["vectors"], params=params, params_hash=params_hash(params),
-        project_root=str(project_root), cache_dir=str(resolve(project_root, params["ingest"].get("cache_dir", "data/cache"))),
+        code_root=str(code_root()), cache_dir=str(resolve(project_root, params["ingest"].get("cache_dir", "data/cache"))),
         checkpoint_dir=str(resolve(project_root, params["train"].get("checkpoint_dir", "checkpoints"))),
         report_path=str(report_path),
     )

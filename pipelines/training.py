@@ -26,7 +26,7 @@ def training_pipeline(
     vectors_version: str,
     params: dict,
     params_hash: str,
-    project_root: str,
+    code_root: str,
     cache_dir: str,
     checkpoint_dir: str,
     report_path: str,
@@ -54,5 +54,5 @@ def training_pipeline(
     register(
         model=model, metrics=metrics, image_arrays=image_arrays, dataset_version=data_version,
         vectors_path=vectors_path, vectors_version=vectors_version, params_hash=params_hash,
-        params=params.get("register", {}), project_root=project_root,
+        params=params.get("register", {}), code_root=code_root,
     )

@@ -30,7 +30,7 @@ def register(
     vectors_version: str,
     params_hash: str,
     params: dict,
-    project_root: str,
+    code_root: str,
 ) -> Annotated[dict, "registered_model_version"]:
     """`params` is the register section of params.yaml (model_name, alias, open_vocabulary_size, gates)."""
     from PIL import Image
@@ -58,7 +58,7 @@ def register(
     tags = lineage_tags(
         dataset_version=dataset_version, vectors_version=vectors_version, params_hash=params_hash,
         zenml_run_id=str(context.pipeline_run.id), backbone=model.config["backbone"],
-        weights_hash=file_sha256(weights_file), repo_root=project_root,
+        weights_hash=file_sha256(weights_file), repo_root=code_root,
     )
     tags["model.content_hash"] = content_hash
     if context.model is not None:
