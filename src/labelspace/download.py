@@ -1,33 +1,19 @@
-"""Fetch the images of NUS-WIDE's `NUS-WIDE-urls.txt` into the release layout.
+"""Fetch the images of NUS-WIDE's `NUS-WIDE-urls.txt` into the release layout (docs/nuswide.md).
 
-Rows of the URL list look like
-`C:\\ImageData\\Flickr\\actor\\0001_2124494179.jpg 2124494179 <large> <middle> <small> <original>`
-and the image lands at `<out>/Flickr/actor/0001_2124494179.jpg`. Most of those Flickr URLs are dead
-today, so every fault is an outcome that is counted and reported, never fatal:
-
-- `malformed` (wrong field count, bad path or URL), `duplicate` (a path listed twice), `no_url`
-  (every column `null`);
-- `not_found` (HTTP 404/410, not retried), `http_error` (other 4xx, too many redirects);
-- `server_error` (5xx/429), `timeout`, `connection_error`: retried with exponential backoff
-  (`backoff * 2**i` seconds), at most `retries` times;
-- `placeholder`: Flickr's "photo unavailable" image, recognised by a redirect whose target
-  contains `photo_unavailable` (how Flickr serves it; the placeholder itself is never fetched)
-  or by a SHA-256 listed in `placeholder_sha256`. Its dimensions are not used: 500x375 and
-  similar sizes are common for real photos, so they would discard good images;
-- `too_small` (under `min_bytes`), `too_large` (over 64 MiB), `corrupt` (PIL cannot verify and
-  fully decode it, e.g. a truncated JPEG).
-
-Any failure of a size column falls back to the next one (see FALLBACK_ORDER); an image that fails
-on every column reports the outcome of the first column tried, and the detail lists them all.
-A body is written to a hidden temporary file in the destination folder and moved into place with
-os.replace only once complete and valid, so a final path never holds a partial image; temporary
-files a killed run left behind are removed on start.
+A row `C:\\ImageData\\Flickr\\actor\\0001_2124494179.jpg 2124494179 <large> <middle> <small> <original>`
+lands at `<out>/Flickr/actor/0001_2124494179.jpg`. Most Flickr URLs are dead today, so every fault
+is an outcome (OUTCOMES), counted and reported, never fatal. 404/410 are not retried; 5xx, 429,
+timeouts and dropped connections are, `retries` times after `backoff * 2**i` seconds. Any failure
+of a size column falls back to the next (FALLBACK_ORDER); an image failing on all of them reports
+the outcome of the first. Flickr's "photo unavailable" placeholder is recognised by a redirect to a
+URL containing `photo_unavailable` (never fetched) or by a SHA-256 in `placeholder_sha256`, not by
+its dimensions, which ordinary photos share. A body goes to a hidden temporary file beside its
+final path and is renamed only once complete, at least `min_bytes` and decodable by PIL, so a final
+path never holds a partial image; a killed run's temporary files are deleted on the next start.
 
 Resuming: a rerun makes no request for an image already present (exists, at least `min_bytes`,
-header decodes), nor for one whose permanent failure (every outcome but the transient
-`server_error`, `timeout`, `connection_error`) the previous report at the same path recorded for
-the same first URL; it keeps that outcome. Transient failures are tried again, and
-`retry_failed=True` (`--retry-failed`) tries every failure again.
+header decodes), nor for one whose permanent failure (any but the TRANSIENT ones) the previous
+report recorded for the same first URL. `retry_failed=True` tries every failure again.
 """
 
 from __future__ import annotations
