@@ -85,7 +85,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     source_utils.set_custom_source_root(str(code_root()))
     ensure_experiment(EXPERIMENT, project_root)
-    ensure_stack(tracking_uri, code_root())
+    ensure_stack(tracking_uri)
     report_path = resolve(project_root, params["evaluate"]["report"])
     pipeline = training_pipeline.with_options(enable_cache=not args.no_cache)
     pipeline(

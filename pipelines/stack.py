@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -14,13 +13,13 @@ TRACKER = "labelspace_mlflow_tracker"
 REGISTRY = "labelspace_mlflow_registry"
 
 
-def ensure_stack(tracking_uri: str, code_root: str | Path) -> str:
+def ensure_stack(tracking_uri: str) -> str:
     """Create or update the stack so its tracker points at `tracking_uri`, and activate it."""
     from zenml.client import Client
     from zenml.enums import StackComponentType
 
-    if Client.find_repository(Path(code_root)) is None:
-        Client.initialize(root=Path(code_root))
+    # No `zenml init` repository: it would pin one store's active stack into the checkout, and
+    # pipelines.run sets the source root itself.
     client = Client()
     components = {
         TRACKER: (StackComponentType.EXPERIMENT_TRACKER, {"tracking_uri": tracking_uri}),
@@ -58,10 +57,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     from labelspace.tracking import configure_mlflow
-    from pipelines.run import code_root, prepare_environment
+    from pipelines.run import prepare_environment
 
     project_root = prepare_environment()
     uri = args.tracking_uri or configure_mlflow(project_root)
-    ensure_stack(uri, code_root())
+    ensure_stack(uri)
     print(f"ZenML stack '{STACK}' is active: local orchestrator, MLflow tracker and registry at {uri}")
     return 0

@@ -47,7 +47,8 @@ def training_pipeline(
                   held_out=held_out)
     model = train(head="labelspace", id="train", **common)
     baseline = train(head="bce", id="train_baseline", **common)
-    metrics = evaluate(
+    # Not cached: it writes reports/ (DVC's metrics and plots), which must exist after every run.
+    metrics = evaluate.with_options(enable_cache=False)(
         manifest=manifest, image_arrays=image_arrays, labelspace_model=model, bce_model=baseline,
         labels=labels, label_vectors=label_vectors, params=params.get("evaluate", {}), report_path=report_path,
     )

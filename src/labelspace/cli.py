@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("labelspace.sample", "build the embedded Fashion-MNIST dataset in the NUS-WIDE layout"),
     "ingest": ("labelspace.nuswide", "read a NUS-WIDE-layout dataset into a parquet manifest and a report"),
     "preprocess": ("labelspace.preprocess", "decode a manifest's images once into memory-mapped uint8 arrays"),
-    "download": ("labelspace.download", "fetch the images of a NUS-WIDE-urls.txt into the release layout"),
+    "download": ("labelspace.download_cli", "fetch the images of a NUS-WIDE-urls.txt into the release layout"),
     "data-version": ("labelspace.data_version", "print the DVC data version of a tracked path"),
     "setup-stack": ("pipelines.stack", "register the ZenML stack (local orchestrator, MLflow tracker and registry)"),
     "run": ("pipelines.run", "run the training pipeline (ingest, embed, train, evaluate, register)"),

@@ -464,16 +464,3 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
     tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
-
-# cli.py's COMMANDS table names this module for `labelspace download`; the command lives in
-# download_cli (this module is long enough). Delegate until the table points there.
-def configure_parser(parser) -> None:
-    from labelspace.download_cli import configure_parser as configure
-
-    configure(parser)
-
-
-def run_cli(args) -> int:
-    from labelspace.download_cli import run_cli as run
-
-    return run(args)
