@@ -16,6 +16,10 @@ from labelspace.data_version import data_version
 VENV_BIN = Path(sys.executable).parent
 
 
+# The data stages; the training stage runs the whole pipeline and is covered by test_pipeline.py.
+DATA_STAGES = ("sample", "vectors")
+
+
 def _run(cmd: list[str], cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k != "LABELSPACE_PARAMS"}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # as the Makefile sets it
@@ -45,7 +49,7 @@ def dvc_repo(tmp_path_factory, repo_root) -> Path:
 
 
 def test_repro_builds_both_stages_then_has_nothing_to_do(dvc_repo):
-    first = _run(["dvc", "repro"], dvc_repo)
+    first = _run(["dvc", "repro", *DATA_STAGES], dvc_repo)
     assert "Running stage 'sample'" in first and "Running stage 'vectors'" in first
     assert len((dvc_repo / "data/fashion-canvas/ImageList/TrainImagelist.txt").read_text().splitlines()) == 24
     header = (dvc_repo / "data/vectors/glove-6b-50d.bin").open("rb").readline()
@@ -54,7 +58,7 @@ def test_repro_builds_both_stages_then_has_nothing_to_do(dvc_repo):
     untracked = _run(["git", "status", "--porcelain", "--untracked-files=all"], dvc_repo).split("\n")
     assert not [line for line in untracked if "data/" in line]  # data never reaches git
 
-    second = _run(["dvc", "repro"], dvc_repo)
+    second = _run(["dvc", "repro", *DATA_STAGES], dvc_repo)
     assert "Running stage" not in second
     assert "Stage 'sample' didn't change" in second and "Stage 'vectors' didn't change" in second
 
@@ -68,7 +72,7 @@ def test_repro_builds_both_stages_then_has_nothing_to_do(dvc_repo):
 
 
 def test_push_and_pull_through_the_default_remote(dvc_repo):
-    _run(["dvc", "repro"], dvc_repo)
+    _run(["dvc", "repro", *DATA_STAGES], dvc_repo)
     listing = sorted(p.relative_to(dvc_repo).as_posix() for p in (dvc_repo / "data").rglob("*") if p.is_file())
     _run(["dvc", "push"], dvc_repo)
     assert (dvc_repo / "dvc-remote").is_dir()  # `url = ../dvc-remote` in .dvc/config: beside .dvc/
@@ -79,7 +83,7 @@ def test_push_and_pull_through_the_default_remote(dvc_repo):
 
 
 def test_verify_catches_data_edited_after_the_lock(dvc_repo):
-    _run(["dvc", "repro"], dvc_repo)
+    _run(["dvc", "repro", *DATA_STAGES], dvc_repo)
     concepts = dvc_repo / "data/fashion-canvas/ConceptsList/Concepts81.txt"
     original = concepts.read_bytes()
     try:
