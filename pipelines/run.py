@@ -64,12 +64,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     project_root = prepare_environment()
     from labelspace.evaluation import metrics_table
-    from labelspace.params import find_params_file, load_params, params_hash
+    from labelspace.params import find_params_file, load_params, params_hash, section
     from labelspace.tracking import configure_mlflow, ensure_experiment
 
     params = load_params(find_params_file())
-    dataset = resolve(project_root, args.dataset or params["ingest"]["dataset"])
-    vectors = resolve(project_root, args.vectors or params["vectors"]["path"])
+    ingest_params, train_params = section(params, "ingest"), section(params, "train")
+    dataset = resolve(project_root, args.dataset or ingest_params["dataset"])
+    vectors = resolve(project_root, args.vectors or section(params, "vectors")["path"])
     for what, path, fix in (("dataset", dataset, "run `dvc repro sample` or pass --dataset"),
                             ("word vectors", vectors, "run `dvc repro vectors` or pass --vectors")):
         if not path.exists():
@@ -78,21 +79,25 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"dataset {dataset} @ {versions['dataset']}\nvectors {vectors} @ {versions['vectors']}")
 
     tracking_uri = configure_mlflow(project_root)
-    from zenml.utils import source_utils
-
     from pipelines.stack import ensure_stack
     from pipelines.training import EXPERIMENT, training_pipeline
+    from steps.ingest import cache_paths
 
-    source_utils.set_custom_source_root(str(code_root()))
     ensure_experiment(EXPERIMENT, project_root)
     ensure_stack(tracking_uri)
-    report_path = resolve(project_root, params["evaluate"]["report"])
-    pipeline = training_pipeline.with_options(enable_cache=not args.no_cache)
+    report_path = resolve(project_root, section(params, "evaluate")["report"])
+    cache_dir = resolve(project_root, ingest_params.get("cache_dir", "data/cache"))
+    manifest_path, arrays_dir = cache_paths(str(cache_dir), versions["dataset"], ingest_params["image_size"])
+    steps = {}
+    if not (manifest_path.is_file() and (arrays_dir / "meta.json").is_file()):
+        # A cached ingest would hand later steps paths to files that are gone: ingest again.
+        steps["ingest"] = {"enable_cache": False}
+    pipeline = training_pipeline.with_options(enable_cache=not args.no_cache, steps=steps)
     pipeline(
         dataset=str(dataset), dataset_version=versions["dataset"], vectors_path=str(vectors),
         vectors_version=versions["vectors"], params=params, params_hash=params_hash(params),
-        code_root=str(code_root()), cache_dir=str(resolve(project_root, params["ingest"].get("cache_dir", "data/cache"))),
-        checkpoint_dir=str(resolve(project_root, params["train"].get("checkpoint_dir", "checkpoints"))),
+        code_root=str(code_root()), cache_dir=str(cache_dir),
+        checkpoint_dir=str(resolve(project_root, train_params.get("checkpoint_dir", "checkpoints"))),
         report_path=str(report_path),
     )
     report = json.loads(report_path.read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -13,16 +14,39 @@ TRACKER = "labelspace_mlflow_tracker"
 REGISTRY = "labelspace_mlflow_registry"
 
 
+def tracker_configuration(tracking_uri: str) -> dict[str, str]:
+    """ZenML's MLflow tracker wants credentials for any http(s) server: the ones MLflow reads from the
+    environment, or placeholders, which a server without authentication ignores."""
+    config = {"tracking_uri": tracking_uri}
+    if not tracking_uri.startswith(("http://", "https://")):
+        return config
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if token:
+        config["tracking_token"] = token
+    elif user and password:
+        config.update(tracking_username=user, tracking_password=password)
+    else:
+        log.warning("no MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN: using %s without "
+                    "credentials; set them if the server requires authentication", tracking_uri)
+        config.update(tracking_username="labelspace", tracking_password="no-authentication")
+    return config
+
+
 def ensure_stack(tracking_uri: str) -> str:
     """Create or update the stack so its tracker points at `tracking_uri`, and activate it."""
     from zenml.client import Client
     from zenml.enums import StackComponentType
+    from zenml.utils import source_utils
 
-    # No `zenml init` repository: it would pin one store's active stack into the checkout, and
-    # pipelines.run sets the source root itself.
+    from pipelines.run import code_root
+
+    # No `zenml init` repository (it would pin one store's active stack into the checkout): the
+    # source root is set here, so ZenML finds steps/ and pipelines/ from any working directory.
+    source_utils.set_custom_source_root(str(code_root()))
     client = Client()
     components = {
-        TRACKER: (StackComponentType.EXPERIMENT_TRACKER, {"tracking_uri": tracking_uri}),
+        TRACKER: (StackComponentType.EXPERIMENT_TRACKER, tracker_configuration(tracking_uri)),
         REGISTRY: (StackComponentType.MODEL_REGISTRY, {}),
     }
     for name, (kind, configuration) in components.items():

@@ -40,7 +40,7 @@ def training_pipeline(
     )
     labels, label_vectors, _ = embed_labels(
         concepts=concepts, vectors_path=vectors_path, vectors_version=vectors_version,
-        aliases=params.get("embedding", {}).get("aliases") or {},
+        aliases=params.get("embedding", {}).get("aliases") or {}, limit=params["vectors"].get("limit"),
     )
     common = dict(manifest=manifest, labels=labels, label_vectors=label_vectors, image_arrays=image_arrays,
                   dataset_version=data_version, params=training_params, checkpoint_dir=checkpoint_dir,

@@ -7,6 +7,12 @@ import pandas as pd
 from zenml import log_metadata, step
 
 
+def cache_paths(cache_dir: str, dataset_version: str, image_size: int) -> Tuple[Path, Path]:
+    """Where a data version's manifest and decoded arrays live: one folder per version."""
+    folder = Path(cache_dir) / dataset_version.replace("/", "_")
+    return folder / "manifest.parquet", folder / f"images-{image_size}"
+
+
 @step
 def ingest(
     dataset: str, dataset_version: str, image_size: int, cache_dir: str
@@ -22,11 +28,10 @@ def ingest(
     from labelspace.nuswide import read_manifest
     from labelspace.preprocess import build_image_arrays
 
-    folder = Path(cache_dir) / dataset_version.replace("/", "_")
-    manifest_path = folder / "manifest.parquet"
+    manifest_path, arrays_dir = cache_paths(cache_dir, dataset_version, image_size)
     report = ingest_dataset(dataset, manifest_path)
     manifest, concepts = read_manifest(manifest_path)
-    arrays = build_image_arrays(manifest_path, dataset, image_size, folder / f"images-{image_size}")
+    arrays = build_image_arrays(manifest_path, dataset, image_size, arrays_dir)
     counts = {k: v for k, v in report.items() if isinstance(v, (int, float))}
     log_metadata(metadata={"dataset": dataset, "dataset_version": dataset_version, **counts})
     return manifest, concepts, report, str(arrays), dataset_version

@@ -113,13 +113,25 @@ def test_unknown_labels_are_a_clear_error(served):
     assert f"{OPEN_VOCABULARY_SIZE} open-vocabulary words" in message
 
 
-def test_a_file_path_and_a_data_url_are_accepted(served, tmp_path):
+def test_a_file_path_only_where_the_server_allows_it_and_a_data_url(served, tmp_path, monkeypatch):
     path = tmp_path / "garment.jpg"
     path.write_bytes(served.jpeg)
     request = pd.DataFrame({"image": [str(path), "data:image/jpeg;base64," + image_to_base64(served.jpeg)]})
+    monkeypatch.delenv("LABELSPACE_SERVING_READ_FILES", raising=False)
+    with pytest.raises(MlflowException, match="row 0: column 'image' must hold base64"):
+        served.pyfunc.predict(request)  # a caller cannot make the server read its files by default
+    monkeypatch.setenv("LABELSPACE_SERVING_READ_FILES", "1")
     out = served.pyfunc.predict(request)
     assert out["labels"][0] == out["labels"][1]
     np.testing.assert_allclose(out["distances"][0], out["distances"][1], rtol=1e-6)
+
+
+def test_requested_labels_follow_the_training_policy(served):
+    """'Dress' (case) and 'bag dress' (mean of words) resolve as at training time."""
+    out = served.pyfunc.predict(served.request, params={"labels": ["Dress", "bag dress", "dress"], "top_k": 3})
+    distances = dict(zip(out["labels"][0], out["distances"][0], strict=True))
+    assert distances["Dress"] == pytest.approx(distances["dress"], rel=1e-6)
+    assert set(distances) == {"Dress", "bag dress", "dress"}
 
 
 def test_bad_images_name_the_row(served):

@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         print(f"labelspace {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # MLflow's errors (bad version, unreachable server) without importing mlflow here
+        if type(e).__name__ != "MlflowException":
+            raise
+        print(f"labelspace {args.command}: MLflow error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from labelspace.evaluation import metrics_table
-from labelspace.params import find_params_file, load_params
+from labelspace.params import find_params_file, load_params, section
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     params_file = find_params_file()
     root = params_file.parent
-    path = Path(args.metrics or root / load_params(params_file)["evaluate"]["report"])
+    path = Path(args.metrics or root / section(load_params(params_file), "evaluate")["report"])
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist yet: run `make run` (or `labelspace run`) first")
     report = json.loads(path.read_text())

@@ -8,9 +8,11 @@ travels inside it (`code_paths`), so a process with only the pip requirements in
 it, and the code that serves is the code that trained. Images go through the training path:
 `preprocess.decode_resized` (whole image, bilinear, S x S) then `training.to_input`.
 
-Request: a DataFrame with a string column `image` (base64 JPEG/PNG bytes, or a path on the
-server's disk); params `top_k` (default 5) and `labels` (rank these words instead of the training
-vocabulary). Response: one row per image, `labels` best first and `distances` ||A w||^2 ascending.
+Request: a DataFrame with a string column `image` (base64 JPEG/PNG bytes; a path on the server's
+disk only where the server sets LABELSPACE_SERVING_READ_FILES=1, since a path lets a caller read any
+file the server can); params `top_k` (default 5) and `labels` (rank these words instead of the
+training vocabulary, resolved with the training policy: exact, lower case, mean of the words of
+"ankle boot" or "t-shirt"). Response: one row per image, `labels` best first and `distances` ||A w||^2 ascending.
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ import labelspace
 from labelspace.model import LabelSpaceModel
 from labelspace.preprocess import decode_resized
 from labelspace.training import to_input
+from labelspace.word_vectors import resolve_label
 
 FORMAT_VERSION = 1
 DEFAULT_TOP_K = 5
 BATCH_SIZE = 32
 IMAGE_COLUMN = "image"
+READ_FILES_ENV = "LABELSPACE_SERVING_READ_FILES"  # "1": an `image` cell may be a path on the server
 
 # Distributions the served model imports, by backbone family; versions are pinned at log time.
 _BASE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "tqdm")
@@ -72,7 +76,7 @@ def image_bytes(value: Any, row: int = 0) -> bytes:
             f"got {type(value).__name__}"
         )
     text = value.strip()
-    if len(text) < 4096 and os.path.isfile(text):
+    if os.environ.get(READ_FILES_ENV) == "1" and len(text) < 4096 and os.path.isfile(text):
         return Path(text).read_bytes()
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
@@ -131,13 +135,13 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
     def _vocabulary(self, requested: list[str] | None) -> tuple[list[str], torch.Tensor]:
         if not requested:
             return list(self.labels), self.vectors[: len(self.labels)]
-        rows, unknown = [], []
+        vectors, unknown = [], []
         for word in requested:
-            row = self.row_of.get(word, self.row_of.get(str(word).lower()))
-            if row is None:
+            vector = self._resolve(str(word))
+            if vector is None:
                 unknown.append(word)
             else:
-                rows.append(row)
+                vectors.append(vector)
         if unknown:
             raise MlflowException.invalid_parameter_value(
                 f"no word vector bundled for {len(unknown)} requested label(s): "
@@ -145,8 +149,15 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
                 f"labels and {self.n_open} open-vocabulary words; drop these labels or log the model with an "
                 "open vocabulary that covers them."
             )
-        index = torch.tensor(rows, device=self.device)
-        return [str(w) for w in requested], self.vectors[index]
+        return [str(w) for w in requested], torch.stack(vectors)
+
+    def _resolve(self, word: str) -> torch.Tensor | None:
+        """A requested label's vector under the training policy (labelspace.word_vectors)."""
+        row = self.row_of.get(word)
+        if row is not None:
+            return self.vectors[row]
+        vector, _ = resolve_label(_BundledVocabulary(self.row_of, self.vectors), word)
+        return None if vector is None else torch.as_tensor(vector, dtype=torch.float32, device=self.device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = params or {}
@@ -169,6 +180,16 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
                 ranked_labels.append([names[i] for i in idx])
                 ranked_distances.append([float(v) for v in dist])
         return pd.DataFrame({"labels": ranked_labels, "distances": ranked_distances})
+
+
+class _BundledVocabulary:
+    """The bundled words seen through the two members of gensim's KeyedVectors the policy reads."""
+
+    def __init__(self, row_of: dict[str, int], vectors: torch.Tensor) -> None:
+        self.key_to_index, self._vectors = row_of, vectors
+
+    def __getitem__(self, word: str) -> np.ndarray:
+        return self._vectors[self.key_to_index[word]].cpu().numpy()
 
 
 def _image_column(model_input: Any) -> list[Any]:
