@@ -107,3 +107,19 @@ def test_data_version_reads_dvc_add_files(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data/images.dvc").write_text("outs:\n- md5: 0123abcd.dir\n  path: images\n  hash: md5\n")
     assert data_version("./data/images/", repo_root=tmp_path) == "0123abcd.dir"
+
+
+def test_a_folder_tracked_in_pieces_gets_one_version(dvc_repo):
+    """Like datasets/nuswide: release files `dvc add`ed one by one inside a dataset folder."""
+    folder = dvc_repo / "datasets/toy"
+    (folder / "ImageList").mkdir(parents=True)
+    (folder / "ImageList/TrainImagelist.txt").write_text("a\\1.jpg\n")
+    (folder / "NUS-WIDE-urls.txt").write_text("%%% header\n")
+    _run(["dvc", "add", "datasets/toy/ImageList", "datasets/toy/NUS-WIDE-urls.txt"], dvc_repo)
+    first = data_version("datasets/toy", repo_root=dvc_repo, verify=True)
+    assert first.startswith("parts-") and first == data_version(folder, repo_root=dvc_repo)
+    (folder / "NUS-WIDE-urls.txt").write_text("%%% header\nC:\\ImageData\\Flickr\\a\\1.jpg 1 null null null null\n")
+    with pytest.raises(RuntimeError, match="NUS-WIDE-urls.txt is modified"):
+        data_version("datasets/toy", repo_root=dvc_repo, verify=True)
+    _run(["dvc", "add", "datasets/toy/NUS-WIDE-urls.txt"], dvc_repo)
+    assert data_version("datasets/toy", repo_root=dvc_repo, verify=True) not in (first, None)

@@ -30,12 +30,50 @@ def _relative_to_repo(path: str | os.PathLike, repo_root: Path) -> str:
 
 def tracked_outputs(repo_root: str | os.PathLike = ".") -> dict[str, str]:
     """{output path relative to the repo root: md5} of every output in the repository's dvc.lock."""
-    lock = Path(repo_root) / "dvc.lock"
+    return _lock_outputs(Path(repo_root), Path(repo_root) / "dvc.lock")
+
+
+def _lock_outputs(repo_root: Path, lock: Path) -> dict[str, str]:
     if not lock.is_file():
         return {}
     stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-    return {_normalize(out["path"]): out["md5"]
+    prefix = lock.parent.relative_to(repo_root).as_posix()
+    return {_normalize(f"{prefix}/{out['path']}"): out["md5"]
             for stage in stages.values() for out in stage.get("outs", []) if out.get("md5")}
+
+
+def _dvc_files(repo_root: Path) -> list[Path]:
+    """Every dvc.lock and .dvc file of the repository, from git's index (no walk through the data)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                              "*dvc.lock", "*.dvc"], cwd=repo_root, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return [repo_root / "dvc.lock"]
+    return [repo_root / name for name in out.decode().split("\0") if name]
+
+
+def all_tracked_outputs(repo_root: Path) -> dict[str, str]:
+    """Outputs of every dvc.lock (sub-folder pipelines too) and every `dvc add`ed .dvc file."""
+    outputs: dict[str, str] = {}
+    for f in _dvc_files(repo_root):
+        if f.name == "dvc.lock":
+            outputs.update(_lock_outputs(repo_root, f))
+        else:
+            rel = f.relative_to(repo_root).as_posix().removesuffix(".dvc")
+            version = _added_output(rel, repo_root)
+            if version:
+                outputs[_normalize(rel)] = version
+    return outputs
+
+
+def _combined_version(parts: dict[str, str]) -> str:
+    """One version for a folder DVC tracks in pieces (release files added, images from a stage)."""
+    import hashlib
+
+    listing = "".join(f"{path}\t{md5}\n" for path, md5 in sorted(parts.items()))
+    return "parts-" + hashlib.md5(listing.encode()).hexdigest()
 
 
 def _added_output(rel_path: str, repo_root: Path) -> str | None:
@@ -63,7 +101,8 @@ def _check_workspace(rel_path: str, repo_root: Path) -> None:
 
 
 def data_version(path: str | os.PathLike, repo_root: str | os.PathLike = ".", verify: bool = False) -> str:
-    """DVC's hash of the tracked output at `path` (relative to repo_root, or absolute), e.g. 'ab12...ef.dir'."""
+    """DVC's hash of the tracked output at `path` (relative to repo_root, or absolute), e.g. 'ab12...ef.dir';
+    for a folder DVC tracks in pieces, `parts-<md5>` of the pieces' paths and hashes."""
     repo_root = Path(repo_root)
     rel_path = _relative_to_repo(path, repo_root)
     outputs = tracked_outputs(repo_root)
@@ -72,6 +111,12 @@ def data_version(path: str | os.PathLike, repo_root: str | os.PathLike = ".", ve
         if verify:
             _check_workspace(rel_path, repo_root)
         return version
+    inside = {o: v for o, v in all_tracked_outputs(repo_root).items() if o.startswith(rel_path + "/")}
+    if inside:  # e.g. datasets/nuswide: metadata `dvc add`ed, images from its own dvc.yaml
+        if verify:
+            for part in inside:
+                _check_workspace(part, repo_root)
+        return _combined_version(inside)
     parent = next((o for o in outputs if rel_path.startswith(o + "/")), None)
     if parent is not None:
         raise ValueError(f"{rel_path} is inside the DVC output {parent}: ask for the version of {parent} "
