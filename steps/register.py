@@ -55,29 +55,27 @@ def register(
         from labelspace.backbones import create_backbone
 
         weights_file = create_backbone(model.config["backbone"], pretrained=True).weights_file
+    zenml_model = context.model
+    top3 = metrics.get("labelspace", {}).get("top3", {})
     tags = lineage_tags(
         dataset_version=dataset_version, vectors_version=vectors_version, params_hash=params_hash,
         zenml_run_id=str(context.pipeline_run.id), backbone=model.config["backbone"],
         weights_hash=file_sha256(weights_file), repo_root=code_root,
+        zenml_model_name=zenml_model.name if zenml_model else None,
+        zenml_model_version=str(zenml_model.version) if zenml_model else None,
+        extra={"model.content_hash": content_hash,
+               **{f"metrics.top3.{k}": f"{top3[k]:.4f}" for k in ("C-F1", "O-F1") if k in top3}},
     )
-    tags["model.content_hash"] = content_hash
-    if context.model is not None:
-        tags["zenml.model"] = context.model.name
-        tags["zenml.model_version"] = str(context.model.version)
-    for key, value in metrics.get("labelspace", {}).get("top3", {}).items():
-        if key in ("C-F1", "O-F1"):
-            tags[f"metrics.top3.{key}"] = f"{value:.4f}"
 
     n_open = int(params.get("open_vocabulary_size", 0))
     open_vocabulary = None
     if n_open > 0:
         kv = load_word_vectors(vectors_path, limit=n_open)
         open_vocabulary = (list(kv.index_to_key), np.asarray(kv.vectors, dtype=np.float32))
-    example = load_image_arrays(image_arrays)[0]
+    arrays = load_image_arrays(image_arrays)
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(example)).save(buffer, format="JPEG", quality=95)
-
-    image_size = int(load_image_arrays(image_arrays).shape[1])
+    Image.fromarray(np.asarray(arrays[0])).save(buffer, format="JPEG", quality=95)
+    image_size = int(arrays.shape[1])
     info = log_labelspace_model(
         model.build(), model.labels, model.label_vectors, {**model.config, "image_size": image_size},
         open_vocabulary=open_vocabulary, input_example_image=buffer.getvalue(),
@@ -86,7 +84,7 @@ def register(
                              description=f"labelspace {model.config['backbone']} k={model.config['k']}")
     record = {"name": name, "version": str(version.version), "alias": alias, "model_uri": info.model_uri,
               "new": True}
-    if context.model is not None:  # link the ZenML model version to the MLflow one
+    if zenml_model is not None:  # link the ZenML model version to the MLflow one
         log_metadata(metadata={"mlflow_registered_model": name, "mlflow_model_version": str(version.version),
                                "mlflow_model_uri": info.model_uri}, infer_model=True)
     print(f"registered {name} version {version.version} as @{alias}")
