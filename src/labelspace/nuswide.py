@@ -213,8 +213,13 @@ def ingest(root: str | os.PathLike, out: str | os.PathLike, verify_images: bool 
     metadata = {**(table.schema.metadata or {}), CONCEPTS_METADATA_KEY: json.dumps(report["concepts"]).encode()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.replace_schema_metadata(metadata), out)
-    report_path(out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    # Written beside and renamed, so a concurrent reader never sees half a file.
+    for final, write in ((out, lambda p: pq.write_table(table.replace_schema_metadata(metadata), p)),
+                         (report_path(out), lambda p: p.write_text(json.dumps(report, indent=1) + "\n",
+                                                                   encoding="utf-8"))):
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        write(tmp)
+        os.replace(tmp, final)
     return report
 
 

@@ -91,11 +91,13 @@ def build_image_arrays(manifest_path: str | os.PathLike, dataset_root: str | os.
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / META_FILE).unlink(missing_ok=True)  # incomplete until the new meta is written
-    partial = out_dir / (IMAGES_FILE + ".partial")
+    partial = out_dir / f"{IMAGES_FILE}.{os.getpid()}.partial"  # per process: concurrent runs never share one
     paths = [dataset_root / rel for rel in manifest["path"]]
     _decode_into(partial, paths, image_size, workers, source=manifest_path)
     partial.replace(out_dir / IMAGES_FILE)
-    (out_dir / META_FILE).write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
+    meta_tmp = out_dir / f"{META_FILE}.{os.getpid()}.tmp"
+    meta_tmp.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
+    meta_tmp.replace(out_dir / META_FILE)
     return out_dir
 
 
