@@ -24,6 +24,8 @@ class TrainedModel:
     label_vectors: np.ndarray  # (L, d) word vectors of `labels`
     state_dict: dict[str, torch.Tensor]
     history: list[dict[str, float]] = field(default_factory=list)
+    # Thresholded decision fitted on validation (labelspace.calibration.fit_calibration); {} = none.
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def head(self) -> str:
@@ -39,7 +41,8 @@ class TrainedModel:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"config": self.config, "labels": self.labels, "history": self.history}
+        meta = {"config": self.config, "labels": self.labels, "history": self.history,
+                "calibration": self.calibration}
         (folder / "model.json").write_text(json.dumps(meta, indent=1, default=str))
         np.save(folder / "label_vectors.npy", np.asarray(self.label_vectors, dtype=np.float32))
         torch.save({k: v.detach().cpu() for k, v in self.state_dict.items()}, folder / "weights.pt")
@@ -54,4 +57,5 @@ class TrainedModel:
             label_vectors=np.load(folder / "label_vectors.npy"),
             state_dict=torch.load(folder / "weights.pt", map_location="cpu", weights_only=True),
             history=meta.get("history", []),
+            calibration=meta.get("calibration", {}),
         )

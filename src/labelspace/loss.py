@@ -1,12 +1,21 @@
-"""Hinge rank loss of the image-conditioned label space (Li & Yeh 2018, eq. 3).
+"""Losses of the image-conditioned label space, and the BCE loss of its baseline.
 
-Per image: sum_j max(0, m + mean_i D(p_i) - D(n_j)) over positives p_i and sampled negatives n_j,
-where D = ||A w||^2. Vectorised over the batch with masks; images without positives are skipped.
+Rank term, per image with >= 1 positive (images without positives are skipped), over positives p_i
+and sampled negatives n_j, with D = ||A w||^2 (small = relevant):
+- "paper" (Li & Yeh 2018, eq. 3): sum_j max(0, m + mean_i D(p_i) - D(n_j)): the mean positive is
+  ranked above each negative, so one badly placed positive can hide behind well placed ones;
+- "pairwise": mean_i sum_j max(0, m + D(p_i) - D(n_j)): every positive above every negative.
+Threshold term (optional, `threshold_weight` > 0), per image, on the same negatives:
+  sum_i max(0, D(p_i) - (tau - m/2)) + sum_j max(0, (tau + m/2) - D(n_j)),
+so relevance is also decided by one global distance tau, which makes scores comparable across images
+(mAP, thresholded decisions) where the rank term alone only orders labels within each image.
 """
 
 from __future__ import annotations
 
 import torch
+
+RANK_VARIANTS = ("paper", "pairwise")
 
 
 def sample_negatives(
@@ -30,6 +39,11 @@ def sample_negatives(
     return mask & negatives
 
 
+def _check_shapes(distances: torch.Tensor, targets: torch.Tensor) -> None:
+    if distances.shape != targets.shape or distances.ndim != 2:
+        raise ValueError(f"distances and targets must both be (B, L); got {distances.shape}, {targets.shape}")
+
+
 def hinge_rank_loss(
     distances: torch.Tensor,
     targets: torch.Tensor,
@@ -38,29 +52,56 @@ def hinge_rank_loss(
     generator: torch.Generator | None = None,
     negative_mask: torch.Tensor | None = None,
     return_skipped: bool = False,
+    variant: str = "paper",
 ) -> torch.Tensor | tuple[torch.Tensor, int]:
-    """Mean over images with >= 1 positive of the per-image hinge rank loss.
+    """Mean over images with >= 1 positive of the per-image hinge rank loss (see the module doc).
 
     distances: (B, L) = ||A w_l||^2 (small = relevant); targets: (B, L) of 0/1.
     negative_mask fixes the negatives (otherwise sampled with `generator`). With
     return_skipped=True, also returns how many images had no positive label.
     """
-    if distances.shape != targets.shape or distances.ndim != 2:
-        raise ValueError(f"distances and targets must both be (B, L); got {distances.shape}, {targets.shape}")
+    _check_shapes(distances, targets)
+    if variant not in RANK_VARIANTS:
+        raise ValueError(f"unknown loss.variant {variant!r}: choose one of {RANK_VARIANTS}")
     positives = targets > 0  # (B, L)
     if negative_mask is None:
         negative_mask = sample_negatives(targets, n_negatives, generator)
     negative_mask = negative_mask.bool() & ~positives  # a 0/1 float mask works too; never a positive
     n_pos = positives.sum(dim=1)  # (B,)
     has_pos = n_pos > 0
-    pos_mean = (distances * positives).sum(dim=1) / n_pos.clamp(min=1)  # (B,)
-    hinge = torch.relu(margin + pos_mean.unsqueeze(1) - distances) * negative_mask  # (B, L)
-    per_image = hinge.sum(dim=1)  # (B,)
+    if variant == "paper":
+        pos_mean = (distances * positives).sum(dim=1) / n_pos.clamp(min=1)  # (B,)
+        hinge = torch.relu(margin + pos_mean.unsqueeze(1) - distances) * negative_mask  # (B, L)
+        per_image = hinge.sum(dim=1)  # (B,)
+    else:
+        pairs = positives.unsqueeze(2) & negative_mask.unsqueeze(1)  # (B, L_pos, L_neg)
+        hinge = torch.relu(margin + distances.unsqueeze(2) - distances.unsqueeze(1)) * pairs
+        per_image = hinge.sum(dim=(1, 2)) / n_pos.clamp(min=1)  # (B,)
     n_valid = int(has_pos.sum())
     loss = (per_image * has_pos).sum() / max(n_valid, 1)
     if return_skipped:
         return loss, int(has_pos.numel() - n_valid)
     return loss
+
+
+def threshold_loss(
+    distances: torch.Tensor,
+    targets: torch.Tensor,
+    threshold: float,
+    margin: float,
+    negative_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over images of sum_p relu(D_p - (tau - m/2)) + sum_n relu((tau + m/2) - D_n).
+
+    Every image counts, with or without positives: an image with none still says which labels it
+    does not have. `negative_mask` limits the negatives (default: all of them).
+    """
+    _check_shapes(distances, targets)
+    positives = targets > 0
+    negatives = ~positives if negative_mask is None else negative_mask.bool() & ~positives
+    above = torch.relu(distances - (threshold - margin / 2)) * positives
+    below = torch.relu((threshold + margin / 2) - distances) * negatives
+    return (above + below).sum(dim=1).mean()
 
 
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

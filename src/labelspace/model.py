@@ -3,6 +3,12 @@
 Image -> backbone features -> linear head -> A (k x d). A label with word vector w is at distance
 D = ||A w||^2 from the image (small = relevant); the ranking score is -D. Any word with a vector
 can be ranked, so the label set at inference need not be the training set.
+
+`normalize=True` measures D = ||Â ŵ||^2 with Â = A / ||A||_F and ŵ = w / ||w||: D lies in [0, 1] for
+every image and word, so a margin and an absolute threshold mean the same thing on every image (the
+paper's D has no fixed scale: a margin only sets how large A grows). `center_words=True` first
+subtracts the mean of the training labels' vectors (a buffer in the state_dict), which removes the
+direction every garment word shares and leaves the directions that tell labels apart.
 """
 
 from __future__ import annotations
@@ -33,9 +39,18 @@ class LabelSpaceModel(nn.Module):
         weights_path: str | None = None,
         freeze_backbone: bool = False,
         dropout: float = 0.0,
+        normalize: bool = False,
+        center_words: bool = False,
+        learn_scale: bool = False,
     ) -> None:
         super().__init__()
         self.k, self.d = k, d
+        self.normalize, self.center_words, self.learn_scale = normalize, center_words, learn_scale
+        if center_words:
+            # Set from the training labels by set_word_center(); saved and restored with the weights.
+            self.register_buffer("word_center", torch.zeros(d))
+        if learn_scale:
+            self.log_scale = nn.Parameter(torch.zeros(()))  # D is multiplied by exp(log_scale)
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights_path=weights_path)
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
@@ -46,6 +61,18 @@ class LabelSpaceModel(nn.Module):
         # then has a meaning independent of k.
         nn.init.normal_(self.head.weight, std=(1.0 / (k * self.backbone.num_features)) ** 0.5)
         nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_config(cls, config: dict, pretrained: bool = False) -> LabelSpaceModel:
+        """The model a config dict describes (TrainConfig fields, or a served model's config with `d`).
+
+        Keys that are not constructor arguments are ignored; missing options keep their defaults,
+        so a config saved before an option existed rebuilds the model it described.
+        """
+        import inspect
+
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "pretrained"}
+        return cls(pretrained=pretrained, **{key: value for key, value in config.items() if key in accepted})
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         if self.freeze_backbone:
@@ -61,11 +88,35 @@ class LabelSpaceModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.from_features(self.features(images))  # (B, k, d)
 
+    def set_word_center(self, training_vectors: torch.Tensor) -> None:
+        """Centre every word on the mean of the training labels' vectors (needs center_words=True)."""
+        if not self.center_words:
+            raise ValueError("set_word_center needs a model built with center_words=True (model.center_words)")
+        self.word_center.copy_(torch.as_tensor(training_vectors, dtype=torch.float32).mean(dim=0))
+
+    def prepare_words(self, W: torch.Tensor) -> torch.Tensor:
+        """The word vectors as this model measures them: centred and/or unit-length per its options."""
+        if not (self.center_words or self.normalize):
+            return W
+        W = W.float()
+        if self.center_words:
+            W = W - self.word_center
+        if self.normalize:
+            W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return W
+
+    def distances_from_output(self, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """D (B, L) from the head's output A (B, k, d) and raw word vectors W (L, d)."""
+        if self.normalize:
+            A = A / A.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)  # ||A||_F = 1 per image
+        D = label_distances(A, self.prepare_words(W.to(A.device)))
+        return D * self.log_scale.exp() if self.learn_scale else D
+
     def distances(self, images: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-        return label_distances(self(images), W)  # (B, L)
+        return self.distances_from_output(self(images), W)  # (B, L)
 
     def scores(self, images: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-        """Ranking scores, higher = more relevant: -||A w||^2."""
+        """Ranking scores, higher = more relevant: -D."""
         return -self.distances(images, W)
 
 

@@ -76,6 +76,29 @@ def label_vector_map(labels: Sequence[str], vectors: np.ndarray, highlight: Sequ
     return fig
 
 
+def reliability_diagram(by_model: dict[str, tuple[np.ndarray, np.ndarray]], n_bins: int = 10):
+    """Observed frequency of relevance against calibrated probability, per model: (p (N, L), 0/1 targets).
+
+    Images without any positive label are left out, as in evaluation; a calibrated model follows
+    the diagonal.
+    """
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    edges = np.linspace(0, 1, n_bins + 1)
+    for name, (probabilities, targets) in by_model.items():
+        keep = np.asarray(targets).any(axis=1)
+        p, t = np.asarray(probabilities)[keep].ravel(), np.asarray(targets)[keep].ravel()
+        which = np.clip(np.digitize(p, edges) - 1, 0, n_bins - 1)
+        filled = [b for b in range(n_bins) if (which == b).any()]
+        ax.plot([p[which == b].mean() for b in filled], [t[which == b].mean() for b in filled], marker="o", label=name)
+    ax.set_xlabel("calibrated probability (test)")
+    ax.set_ylabel("fraction relevant")
+    ax.set_title("Reliability of the thresholded decision's scores")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)

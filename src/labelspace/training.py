@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from labelspace.loss import bce_loss, hinge_rank_loss
+from labelspace.loss import bce_loss, hinge_rank_loss, sample_negatives, threshold_loss
 from labelspace.model import BCEBaselineModel, LabelSpaceModel
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,16 @@ class TrainConfig:
     freeze_backbone: bool = True
     k: int = 10
     dropout: float = 0.0
+    # Defaults are the paper's method; params.yaml holds the project's chosen variant.
+    normalize: bool = False  # D = ||Â ŵ||^2 in [0, 1] (labelspace.model)
+    center_words: bool = False  # subtract the training labels' mean vector from every word
+    learn_scale: bool = False  # a learned temperature multiplying D
+    variant: str = "paper"  # rank term: "paper" (eq. 3) or "pairwise" (labelspace.loss)
     margin: float = 1.0
     n_negatives: int | None = 40
+    threshold: float = 0.1  # tau of the threshold term, on the scale of D
+    threshold_weight: float = 0.0  # 0 = rank term only, as in the paper
+    rank_weight: float = 1.0  # 0 = threshold term only
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -88,6 +96,7 @@ def build_model(config: TrainConfig, n_labels: int, d: int) -> torch.nn.Module:
         return LabelSpaceModel(
             backbone=config.backbone, k=config.k, d=d, pretrained=config.pretrained,
             weights_path=config.weights_path, freeze_backbone=config.freeze_backbone, dropout=config.dropout,
+            normalize=config.normalize, center_words=config.center_words, learn_scale=config.learn_scale,
         )
     if config.head == "bce":
         return BCEBaselineModel(
@@ -126,11 +135,15 @@ def extract_features(
 
 def compute_loss(config: TrainConfig, model, outputs, targets, W, generator) -> tuple[torch.Tensor, int]:
     if config.head == "labelspace":
-        from labelspace.model import label_distances
-
-        distances = label_distances(outputs.float(), W)
-        return hinge_rank_loss(distances, targets, margin=config.margin, n_negatives=config.n_negatives,
-                               generator=generator, return_skipped=True)
+        distances = model.distances_from_output(outputs.float(), W)
+        negatives = sample_negatives(targets, config.n_negatives, generator)
+        rank, skipped = hinge_rank_loss(distances, targets, margin=config.margin, negative_mask=negatives,
+                                        return_skipped=True, variant=config.variant)
+        loss = config.rank_weight * rank
+        if config.threshold_weight:
+            loss = loss + config.threshold_weight * threshold_loss(
+                distances, targets, config.threshold, config.margin, negative_mask=negatives)
+        return loss, skipped
     return bce_loss(outputs.float(), targets), 0
 
 
@@ -171,17 +184,22 @@ def train_model(
     checkpoint_dir: str | os.PathLike | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     validate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
+    features: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> TrainResult:
     """Train one head on images[train_idx] (uint8 N,H,W,3) with 0/1 targets (N, L).
 
     label_vectors (L, d) are the word vectors W of the training labels. Each finished epoch is
     checkpointed; an unfinished run with the same config and `data_key` resumes where it stopped.
+    With a frozen backbone, `features` = (features, mirrored features or None) of images[train_idx]
+    from `extract_features` skips that pass (a study trains many heads on the same features).
     """
     device = resolve_device(config.device)
     seed_everything(config.seed)
     n_labels, d = label_vectors.shape
     model = build_model(config, n_labels, d).to(device)
     W = torch.as_tensor(label_vectors, dtype=torch.float32, device=device)
+    if config.head == "labelspace" and config.center_words:
+        model.set_word_center(W)
     y_all = torch.as_tensor(targets, dtype=torch.float32)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -212,7 +230,13 @@ def train_model(
             log.info("resuming %s training from %s after epoch %d/%d", config.head, ckpt_path, start_epoch, config.epochs)
 
     cached = None
-    if config.freeze_backbone and start_epoch < config.epochs:
+    if features is not None:
+        if not config.freeze_backbone:
+            raise ValueError("precomputed features need model.freeze_backbone: true (a trained backbone changes them)")
+        if len(features[0]) != len(train_idx):
+            raise ValueError(f"{len(features[0])} precomputed feature rows for {len(train_idx)} training images")
+        cached = features if config.mirror else (features[0], None)
+    elif config.freeze_backbone and start_epoch < config.epochs:
         # Frozen backbone: one pass over the images (two with mirroring) instead of one per epoch.
         feats = extract_features(model, images, train_idx, device, config.feature_batch_size, desc="features")
         flipped = (extract_features(model, images, train_idx, device, config.feature_batch_size, mirrored=True,
@@ -280,7 +304,7 @@ def predict_scores(
     model: torch.nn.Module, images: np.ndarray, indices: np.ndarray, label_vectors: np.ndarray | None,
     batch_size: int = 128, device: str = "auto",
 ) -> np.ndarray:
-    """Ranking scores (N, L), higher = more relevant: -||A w||^2, or the BCE logits."""
+    """Ranking scores (N, L), higher = more relevant: -D, or the BCE logits."""
     dev = resolve_device(device)
     model = model.to(dev).eval()
     feats = extract_features(model, images, indices, dev, batch_size, desc="scoring")
@@ -289,12 +313,11 @@ def predict_scores(
 
 @torch.no_grad()
 def scores_from_features(model, feats: torch.Tensor, label_vectors: np.ndarray | None, device=None) -> np.ndarray:
-    from labelspace.model import label_distances
-
+    """Scores (N, L) from backbone features; label_vectors may hold any words (open vocabulary)."""
     device = device or next(model.parameters()).device
     model.eval()
     out = model.from_features(feats.to(device))
     if isinstance(model, LabelSpaceModel):
         W = torch.as_tensor(label_vectors, dtype=torch.float32, device=device)
-        return (-label_distances(out.float(), W)).cpu().numpy()
+        return (-model.distances_from_output(out.float(), W)).cpu().numpy()
     return out.float().cpu().numpy()

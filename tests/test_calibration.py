@@ -1,0 +1,78 @@
+"""The thresholded decision: Platt scaling, the O-F1-best threshold, its metrics, and its trip with the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from labelspace.artifacts import TrainedModel
+from labelspace.calibration import calibrated_probabilities, fit_calibration, threshold_metrics
+
+
+def _synthetic(n_images=3000, n_labels=20, slope=2.0, intercept=-1.0, seed=0):
+    """Scores whose true probability of relevance is sigmoid(slope * score + intercept); with 20 labels
+    nearly every image has a positive, so leaving out those without one hardly biases the fit."""
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(n_images, n_labels))
+    p = 1 / (1 + np.exp(-(slope * scores + intercept)))
+    return scores, (rng.random(p.shape) < p).astype(int)
+
+
+def test_platt_scaling_recovers_the_true_mapping():
+    scores, targets = _synthetic()
+    calibration = fit_calibration(scores, targets, head="bce")
+    assert calibration["slope"] == pytest.approx(2.0, rel=0.1)
+    assert calibration["intercept"] == pytest.approx(-1.0, abs=0.1)
+    assert calibration["method"] == "platt" and calibration["fitted_on"] == "validation"
+    assert "distance_threshold" not in calibration  # BCE scores are logits, not distances
+
+
+def test_the_threshold_maximises_micro_f1_over_every_possible_cut():
+    scores, targets = _synthetic(n_images=300, seed=1)
+    calibration = fit_calibration(scores, targets)
+    keep = targets.any(axis=1)
+    p, t = calibrated_probabilities(scores[keep], calibration).ravel(), targets[keep].ravel().astype(bool)
+    best = max(2 * (t & (p >= cut)).sum() / ((p >= cut).sum() + t.sum()) for cut in np.unique(p))
+    assert calibration["validation"]["O-F1"] == pytest.approx(best)
+    # The score and distance thresholds make the same decision as the probability threshold.
+    by_score = scores[keep] >= calibration["score_threshold"]
+    assert np.array_equal(by_score.ravel(), p >= calibration["probability_threshold"])
+    assert calibration["distance_threshold"] == pytest.approx(-calibration["score_threshold"])
+
+
+def test_threshold_metrics_hand_worked():
+    scores = np.array([[0.9, 0.2, 0.6], [0.1, 0.8, 0.7], [0.0, 0.0, 0.0]])
+    targets = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]])  # the last image has no label: left out
+    calibration = {"slope": 1.0, "intercept": 0.0, "probability_threshold": 1 / (1 + np.exp(-0.5))}
+    # Decisions (score >= 0.5): image 1 -> {0, 2}, image 2 -> {1, 2}. Correct: 0, 1, 2(image 2).
+    m = threshold_metrics(scores, targets, calibration)
+    assert m["n_images_without_labels"] == 1
+    assert m["O-P"] == pytest.approx(3 / 4) and m["O-R"] == pytest.approx(1.0)
+    assert m["C-P"] == pytest.approx((1 + 1 + 0.5) / 3) and m["C-R"] == pytest.approx(1.0)
+    assert m["labels_per_image"] == pytest.approx(2.0)
+
+
+def test_scores_unrelated_to_the_labels_are_refused():
+    scores, targets = _synthetic(slope=-2.0, intercept=0.0)
+    with pytest.raises(ValueError, match="anti-correlated"):
+        fit_calibration(scores, targets)
+    with pytest.raises(ValueError, match="val_fraction"):
+        fit_calibration(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+def test_calibration_travels_with_the_saved_model(tmp_path):
+    scores, targets = _synthetic(n_images=200)
+    calibration = fit_calibration(scores, targets)
+    model = TrainedModel(config={"head": "bce"}, labels=["a", "b"], label_vectors=np.zeros((2, 3), np.float32),
+                         state_dict={"w": torch.ones(2)}, calibration=calibration)
+    model.save(tmp_path)
+    assert json.loads((tmp_path / "model.json").read_text())["calibration"]["slope"] == calibration["slope"]
+    assert TrainedModel.load(tmp_path).calibration == calibration
+    # A model saved before calibration existed loads with none.
+    meta = json.loads((tmp_path / "model.json").read_text())
+    del meta["calibration"]
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    assert TrainedModel.load(tmp_path).calibration == {}

@@ -1,0 +1,160 @@
+"""Loss and model variants against explicit loop references, and models rebuilt exactly from their config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from labelspace.artifacts import TrainedModel
+from labelspace.dataset import split_indices, target_matrix
+from labelspace.loss import hinge_rank_loss, threshold_loss
+from labelspace.model import LabelSpaceModel
+from labelspace.training import TrainConfig, build_model, compute_loss, extract_features, train_model
+
+VARIANT = dict(normalize=True, center_words=True, learn_scale=True, variant="pairwise", margin=0.1,
+               threshold=0.1, threshold_weight=1.0)
+
+
+def _batch(seed=0, batch=5, n_labels=6):
+    g = torch.Generator().manual_seed(seed)
+    distances = torch.rand(batch, n_labels, generator=g, dtype=torch.float64)
+    targets = (torch.rand(batch, n_labels, generator=g) < 0.35).float()
+    targets[0] = 0  # an image without positives
+    negatives = (torch.rand(batch, n_labels, generator=g) < 0.7) & (targets == 0)
+    return distances, targets, negatives
+
+
+def test_pairwise_rank_loss_equals_a_loop_over_every_positive_negative_pair():
+    distances, targets, negatives = _batch()
+    margin = 0.3
+    per_image = []
+    for b in range(len(targets)):
+        pos = [i for i in range(targets.shape[1]) if targets[b, i] > 0]
+        if not pos:
+            continue
+        neg = [j for j in range(targets.shape[1]) if negatives[b, j]]
+        total = sum(max(0.0, margin + float(distances[b, i]) - float(distances[b, j])) for i in pos for j in neg)
+        per_image.append(total / len(pos))
+    loss, skipped = hinge_rank_loss(distances, targets, margin=margin, negative_mask=negatives,
+                                    variant="pairwise", return_skipped=True)
+    assert float(loss) == pytest.approx(np.mean(per_image), rel=1e-12)
+    assert skipped == 1
+
+
+def test_threshold_loss_equals_a_loop_and_counts_images_without_positives():
+    distances, targets, negatives = _batch(seed=1)
+    tau, margin = 0.4, 0.2
+    per_image = []
+    for b in range(len(targets)):
+        total = 0.0
+        for label in range(targets.shape[1]):
+            d = float(distances[b, label])
+            if targets[b, label] > 0:
+                total += max(0.0, d - (tau - margin / 2))
+            elif negatives[b, label]:
+                total += max(0.0, (tau + margin / 2) - d)
+        per_image.append(total)
+    loss = threshold_loss(distances, targets, tau, margin, negative_mask=negatives)
+    assert float(loss) == pytest.approx(np.mean(per_image), rel=1e-12)
+    # Without a mask every negative counts.
+    assert float(threshold_loss(distances, targets, tau, margin)) >= float(loss)
+
+
+def test_an_unknown_rank_variant_names_the_param():
+    with pytest.raises(ValueError, match="loss.variant"):
+        hinge_rank_loss(torch.zeros(1, 2), torch.ones(1, 2), variant="warp")
+
+
+def test_paper_config_loss_is_exactly_the_paper_hinge():
+    """Defaults of TrainConfig are the paper's method: its loss is eq. 3 and nothing else."""
+    config = TrainConfig(k=2, pretrained=False)
+    assert (config.normalize, config.center_words, config.variant, config.threshold_weight) == (
+        False, False, "paper", 0.0)
+    model = build_model(config, n_labels=4, d=3)
+    g = torch.Generator().manual_seed(0)
+    A, W = torch.randn(6, 2, 3, generator=g), torch.randn(4, 3, generator=g)
+    targets = (torch.rand(6, 4, generator=g) < 0.5).float()
+    loss, _ = compute_loss(config, model, A, targets, W, torch.Generator().manual_seed(1))
+    reference = hinge_rank_loss((A @ W.t()).pow(2).sum(1), targets, margin=1.0, n_negatives=40)
+    assert float(loss) == pytest.approx(float(reference), rel=1e-6)
+
+
+def test_normalized_centred_distances_equal_an_explicit_computation():
+    torch.manual_seed(0)
+    model = LabelSpaceModel("resnet18", k=3, d=5, pretrained=False, normalize=True, center_words=True,
+                            learn_scale=True).eval()
+    W = torch.randn(4, 5)
+    model.set_word_center(W[:3])
+    with torch.no_grad():
+        model.log_scale.fill_(0.7)
+        feats = torch.randn(2, model.backbone.num_features)
+        A = model.from_features(feats)
+        D = model.distances_from_output(A, W)
+    center = W[:3].mean(0)
+    for b in range(2):
+        A_hat = A[b] / A[b].norm()
+        for label in range(4):
+            w = (W[label] - center) / (W[label] - center).norm()
+            expected = float((A_hat @ w).pow(2).sum()) * np.exp(0.7)
+            assert float(D[b, label]) == pytest.approx(expected, rel=1e-5)
+    # Without the learned scale, D lies in [0, 1]: ||Â ŵ||² <= ||Â||_F² ||ŵ||² = 1.
+    assert float((D / np.exp(0.7)).max()) <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="center_words"):
+        LabelSpaceModel("resnet18", k=3, d=5, pretrained=False).set_word_center(W)
+
+
+def test_trained_variant_rebuilds_exactly_from_its_config(tmp_path):
+    """TrainedModel.build() and LabelSpaceModel.from_config() (what serving uses) give the same scores."""
+    config = TrainConfig(backbone="resnet18", pretrained=False, k=3, **VARIANT)
+    torch.manual_seed(1)
+    model = build_model(config, n_labels=4, d=5)
+    W = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    model.set_word_center(torch.from_numpy(W))
+    with torch.no_grad():
+        model.log_scale.fill_(0.3)
+    trained = TrainedModel(config=vars(config).copy(), labels=list("abcd"), label_vectors=W,
+                           state_dict=model.state_dict())
+    trained.save(tmp_path)
+    rebuilt = TrainedModel.load(tmp_path).build()
+    served = LabelSpaceModel.from_config({**vars(config), "d": 5})
+    served.load_state_dict(model.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval().scores(images, torch.from_numpy(W))
+        assert torch.allclose(rebuilt.scores(images, torch.from_numpy(W)), expected)
+        assert torch.allclose(served.eval().scores(images, torch.from_numpy(W)), expected)
+    assert {"word_center", "log_scale"} <= set(model.state_dict())
+
+
+def test_a_config_saved_before_the_variants_existed_builds_the_paper_model():
+    old = {"head": "labelspace", "backbone": "resnet18", "pretrained": False, "k": 2, "margin": 1.0}
+    model = LabelSpaceModel.from_config({**old, "d": 3})
+    assert (model.normalize, model.center_words, model.learn_scale) == (False, False, False)
+    assert set(model.state_dict()) == set(LabelSpaceModel("resnet18", k=2, d=3, pretrained=False).state_dict())
+
+
+def test_from_params_reads_the_variant_keys():
+    params = {"model": {"k": 4, "normalize": True, "center_words": True}, "loss": {"variant": "pairwise",
+              "margin": 0.1, "threshold": 0.2, "threshold_weight": 0.5, "rank_weight": 1.0}, "train": {"lr": 0.003}}
+    config = TrainConfig.from_params(params)
+    assert (config.normalize, config.variant, config.threshold, config.threshold_weight) == (True, "pairwise", 0.2, 0.5)
+
+
+def test_training_on_precomputed_features_equals_training_on_images(tiny_dataset):
+    """The ablation study trains on cached features: the same run as the pipeline's, bit for bit."""
+    _, manifest, concepts, images = tiny_dataset
+    vectors = np.random.default_rng(0).normal(size=(len(concepts), 8)).astype(np.float32)
+    targets, train_idx = target_matrix(manifest, concepts), split_indices(manifest, 0.1)["train"]
+    config = TrainConfig(k=4, epochs=2, batch_size=16, seed=2, **VARIANT)
+    direct = train_model(config, images, targets, train_idx, vectors)
+    device = torch.device("cpu")
+    features = (extract_features(direct.model, images, train_idx, device),
+                extract_features(direct.model, images, train_idx, device, mirrored=True))
+    cached = train_model(config, None, targets, train_idx, vectors, features=features)
+    for name, value in direct.model.state_dict().items():
+        torch.testing.assert_close(cached.model.state_dict()[name], value, msg=name)
+    assert [r["loss"] for r in cached.history] == pytest.approx([r["loss"] for r in direct.history])
+    with pytest.raises(ValueError, match="freeze_backbone"):
+        train_model(TrainConfig(**{**vars(config), "freeze_backbone": False}), None, targets, train_idx, vectors,
+                    features=features)

@@ -1,0 +1,96 @@
+"""Zero-shot chance figures: a hand-worked example, and every ranking enumerated on small cases."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from labelspace.metrics import average_precision, topk_metrics
+from labelspace.zero_shot import (
+    chance_mean_average_precision,
+    chance_topk_metrics,
+    expected_average_precision,
+    zero_shot_metrics,
+)
+
+KEYS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1")
+
+
+def test_hand_worked_example_two_images_two_labels():
+    # Image 1 holds a; image 2 holds a and b. Top-1 of a random ranking picks a or b, 1/2 each:
+    #   picks (a,a): C-P .5  C-R .5   C-F1 .5    O-F1 2*2/(2+3) = .8
+    #   picks (a,b): C-P 1   C-R .75  C-F1 6/7   O-F1 .8
+    #   picks (b,a): C-P .5  C-R .25  C-F1 1/3   O-F1 2*1/5 = .4
+    #   picks (b,b): C-P .25 C-R .5   C-F1 1/3   O-F1 .4
+    targets = np.array([[1, 0], [1, 1]])
+    chance = chance_topk_metrics(targets, k=1)
+    assert chance["C-P"] == pytest.approx((0.5 + 1 + 0.5 + 0.25) / 4)
+    assert chance["C-R"] == pytest.approx(0.5)
+    assert chance["C-F1"] == pytest.approx((0.5 + 6 / 7 + 1 / 3 + 1 / 3) / 4)
+    assert chance["O-P"] == pytest.approx(0.75)
+    assert chance["O-R"] == pytest.approx(0.5)
+    assert chance["O-F1"] == pytest.approx(0.6)
+    # AP of a: both images relevant, always 1; of b: 1 at rank 1, 1/2 at rank 2.
+    assert chance_mean_average_precision(targets) == pytest.approx((1 + 0.75) / 2)
+
+
+def _enumerated(targets: np.ndarray, k: int) -> dict[str, float]:
+    """Mean of topk_metrics over every combination of per-image label permutations."""
+    n, n_labels = targets.shape
+    permutations = list(itertools.permutations(range(n_labels)))
+    totals = dict.fromkeys(KEYS, 0.0)
+    for combo in itertools.product(permutations, repeat=n):
+        scores = np.array([[-order.index(j) for j in range(n_labels)] for order in combo], dtype=float)
+        metrics = topk_metrics(scores, targets, k)
+        for key in KEYS:
+            totals[key] += metrics[key]
+    return {key: value / len(permutations) ** n for key, value in totals.items()}
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_chance_equals_the_mean_over_every_ranking(k):
+    targets = np.array([[0, 1, 1], [1, 0, 0], [1, 0, 0], [0, 0, 1]])
+    expected = _enumerated(targets, k)
+    chance = chance_topk_metrics(targets, k)
+    for key in KEYS:
+        assert chance[key] == pytest.approx(expected[key], rel=1e-9), key
+
+
+def test_images_without_positives_are_left_out_of_chance():
+    targets = np.array([[0, 1, 1], [1, 0, 0], [0, 0, 0]])
+    assert chance_topk_metrics(targets, 1) == pytest.approx(chance_topk_metrics(targets[:2], 1))
+
+
+@pytest.mark.parametrize(("n_items", "n_relevant"), [(1, 1), (2, 1), (5, 2), (6, 6), (6, 3)])
+def test_expected_average_precision_equals_the_mean_over_every_permutation(n_items, n_relevant):
+    relevant = np.array([1] * n_relevant + [0] * (n_items - n_relevant))
+    aps = [average_precision(-np.array(order, dtype=float), relevant)
+           for order in itertools.permutations(range(n_items))]
+    assert expected_average_precision(n_items, n_relevant) == pytest.approx(np.mean(aps), rel=1e-12)
+
+
+def test_zero_shot_metrics_rank_only_images_holding_a_held_out_label():
+    targets = np.array([[1, 0], [0, 1], [0, 1], [0, 0]])  # the last image holds neither: left out
+    scores = np.array([[2.0, 1.0], [0.0, 1.0], [3.0, 1.0], [5.0, 1.0]])  # image 3 is wrong
+    result = zero_shot_metrics(scores, targets, ["sandal", "shirt"])
+    assert result["n_images"] == 3
+    assert result["positives_per_label"] == {"sandal": 1, "shirt": 2}
+    assert result["top1"]["O-F1"] == pytest.approx(2 / 3)  # 2 correct of 3 predicted and 3 positives
+    chance = result["chance"]["top1"]
+    assert chance["O-F1"] == pytest.approx(0.5)  # q = 1/2, P = N = 3: 2 * 1.5 / 6
+    assert result["ratio"]["top1_O-F1"] == pytest.approx((2 / 3) / 0.5)
+    assert result["ratio"]["mAP"] == pytest.approx(result["mAP"] / result["chance"]["mAP"])
+
+
+def test_class_f1_chance_is_left_out_rather_than_estimated_when_too_large():
+    targets = np.eye(3, dtype=int).repeat(20, axis=0)
+    chance = chance_topk_metrics(targets, 1, max_states=100)
+    assert chance["C-F1"] is None
+    assert chance["O-F1"] == pytest.approx(1 / 3)
+
+
+def test_zero_shot_without_any_held_out_positive_is_a_clear_error():
+    with pytest.raises(ValueError, match="no evaluated image has any of the held-out labels"):
+        zero_shot_metrics(np.zeros((2, 2)), np.zeros((2, 2)), ["sandal", "shirt"])
