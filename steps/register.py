@@ -77,7 +77,8 @@ def register(
     Image.fromarray(np.asarray(arrays[0])).save(buffer, format="JPEG", quality=95)
     image_size = int(arrays.shape[1])
     info = log_labelspace_model(
-        model.build(), model.labels, model.label_vectors, {**model.config, "image_size": image_size},
+        model.build(), model.labels, model.label_vectors,
+        {**model.config, "image_size": image_size, "calibration": model.calibration},
         open_vocabulary=open_vocabulary, input_example_image=buffer.getvalue(),
     )
     version = register_model(info.model_uri, model_name=name, alias=alias, tags=tags,

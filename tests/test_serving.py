@@ -65,7 +65,8 @@ def served(tmp_path_factory):
 
 def test_predict_ranks_the_training_labels_by_ascending_distance(served):
     out = served.pyfunc.predict(served.request)
-    assert list(out.columns) == ["labels", "distances"]
+    assert list(out.columns) == ["labels", "distances", "decided", "probabilities"]
+    assert all(len(d) == 0 for d in out["decided"])  # no calibration logged: no thresholded decision
     assert len(out) == 3
     for labels, distances in zip(out["labels"], out["distances"], strict=True):
         assert sorted(labels) == sorted(LABELS)  # default top_k 5 clipped to the 4 labels there are
@@ -166,3 +167,29 @@ def test_logging_checks_its_inputs(served, tmp_path):
         write_model_artifacts(tmp_path, served.model, LABELS, served.vectors.matrix[:, :10], config)
     with pytest.raises(ValueError, match="k=7 but the model has k=4"):
         write_model_artifacts(tmp_path, served.model, LABELS, served.vectors.matrix, {**config, "k": 7})
+
+
+def test_model_options_and_the_calibrated_decision_travel_with_the_model(served, tmp_path):
+    """A model with non-default options and a validation calibration is served exactly: same distances,
+    and `decided` holds every label whose calibrated probability passes the threshold."""
+    from labelspace.calibration import calibrated_probabilities
+
+    torch.manual_seed(1)
+    model = LabelSpaceModel(backbone="efficientnet_lite0", k=4, d=50, pretrained=True, freeze_backbone=True,
+                            normalize=True, learn_scale=True).eval()
+    with torch.no_grad():
+        model.log_scale.fill_(0.7)
+        expected = model.distances(model_input(served), torch.from_numpy(served.vectors.matrix))[0].numpy()
+    p = calibrated_probabilities(-expected, {"slope": 3.0, "intercept": 0.5})
+    threshold = float(np.sort(p)[1])  # between the 2nd and 3rd least probable: three labels pass
+    calibration = {"method": "platt", "slope": 3.0, "intercept": 0.5, "probability_threshold": threshold}
+    with mlflow.start_run(experiment_id=ensure_experiment("serving-test")):
+        info = log_labelspace_model(model, LABELS, served.vectors.matrix,
+                                    {"backbone": "efficientnet_lite0", "image_size": 64, "calibration": calibration},
+                                    input_example_image=served.jpeg)
+    out = mlflow.pyfunc.load_model(info.model_uri).predict(served.request.iloc[:1], params={"top_k": 4})
+    by_label = dict(zip(out["labels"][0], out["distances"][0], strict=True))
+    np.testing.assert_allclose([by_label[label] for label in LABELS], expected, rtol=1e-4, atol=1e-6)
+    passing = [LABELS[i] for i in np.argsort(-p) if p[i] >= threshold]
+    assert list(out["decided"][0]) == passing and len(passing) == 3
+    np.testing.assert_allclose(out["probabilities"][0], np.sort(p)[::-1][:3], rtol=1e-5)

@@ -12,7 +12,9 @@ Request: a DataFrame with a string column `image` (base64 JPEG/PNG bytes; a path
 disk only where the server sets LABELSPACE_SERVING_READ_FILES=1, since a path lets a caller read any
 file the server can); params `top_k` (default 5) and `labels` (rank these words instead of the
 training vocabulary, resolved with the training policy: exact, lower case, mean of the words of
-"ankle boot" or "t-shirt"). Response: one row per image, `labels` best first and `distances` ||A w||^2 ascending.
+"ankle boot" or "t-shirt"). Response: one row per image, `labels` best first and `distances` ||A w||^2
+ascending (top_k of them), and the thresholded decision: `decided`, every label whose calibrated
+probability passes the threshold chosen on validation, with its `probabilities`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image, UnidentifiedImageError
 
 import labelspace
+from labelspace.calibration import calibrated_probabilities
 from labelspace.model import LabelSpaceModel
 from labelspace.preprocess import decode_resized
 from labelspace.training import to_input
@@ -111,8 +114,10 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
         self.config = json.loads(Path(artifacts["config"]).read_text(encoding="utf-8"))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = LabelSpaceModel(
-            backbone=self.config["backbone"], k=self.config["k"], d=self.config["d"], pretrained=False
+            backbone=self.config["backbone"], k=self.config["k"], d=self.config["d"], pretrained=False,
+            **self.config.get("model_options", {}),
         )
+        self.calibration = self.config.get("calibration") or {}
         state = torch.load(artifacts["state_dict"], map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         self.model = model.to(self.device).eval()
@@ -168,7 +173,7 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
         values = _image_column(model_input)
         top_k = min(top_k, len(names))
 
-        ranked_labels, ranked_distances = [], []
+        ranked_labels, ranked_distances, decided, decided_probabilities = [], [], [], []
         for start in range(0, len(values), BATCH_SIZE):
             chunk = values[start : start + BATCH_SIZE]
             arrays = np.stack([image_array(v, self.config["image_size"], start + i) for i, v in enumerate(chunk)])
@@ -179,7 +184,24 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
             for idx, dist in zip(best.indices.cpu().tolist(), best.values.cpu().tolist(), strict=True):
                 ranked_labels.append([names[i] for i in idx])
                 ranked_distances.append([float(v) for v in dist])
-        return pd.DataFrame({"labels": ranked_labels, "distances": ranked_distances})
+            for labels, probabilities in self._decide(D.cpu().numpy(), names):
+                decided.append(labels)
+                decided_probabilities.append(probabilities)
+        return pd.DataFrame({"labels": ranked_labels, "distances": ranked_distances,
+                             "decided": decided, "probabilities": decided_probabilities})
+
+    def _decide(self, D: np.ndarray, names: list[str]) -> list[tuple[list[str], list[float]]]:
+        """The thresholded decision: every label whose calibrated probability passes the threshold
+        chosen on validation, most probable first; nothing when the model carries no calibration."""
+        if not self.calibration:
+            return [([], []) for _ in range(len(D))]
+        p = calibrated_probabilities(-D, self.calibration)  # score = -D
+        out = []
+        for row in p:
+            keep = np.flatnonzero(row >= self.calibration["probability_threshold"])
+            keep = keep[np.argsort(-row[keep], kind="stable")]
+            out.append(([names[i] for i in keep], [float(row[i]) for i in keep]))
+        return out
 
 
 class _BundledVocabulary:
@@ -228,7 +250,8 @@ def model_signature():
 
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.string, IMAGE_COLUMN)]),
-        outputs=Schema([ColSpec(Array(DataType.string), "labels"), ColSpec(Array(DataType.double), "distances")]),
+        outputs=Schema([ColSpec(Array(DataType.string), "labels"), ColSpec(Array(DataType.double), "distances"),
+                        ColSpec(Array(DataType.string), "decided"), ColSpec(Array(DataType.double), "probabilities")]),
         params=ParamSchema([
             ParamSpec("top_k", DataType.long, DEFAULT_TOP_K),
             ParamSpec("labels", DataType.string, [], shape=(-1,)),  # empty = the training vocabulary
@@ -250,6 +273,17 @@ def serving_requirements(backbone: str) -> list[str]:
     return pinned
 
 
+def model_options(model: LabelSpaceModel) -> dict[str, Any]:
+    """The constructor options that shape the model's output (normalised A, learned scale, ...), read
+    off the model so the served copy is built the same way."""
+    import inspect
+
+    fixed = {"self", "backbone", "k", "d", "pretrained", "weights_path", "freeze_backbone", "dropout"}
+    names = set(inspect.signature(LabelSpaceModel.__init__).parameters) - fixed
+    return {n: getattr(model, n) for n in sorted(names)
+            if isinstance(getattr(model, n, None), (bool, int, float, str))}
+
+
 def model_config(model: LabelSpaceModel, config: dict[str, Any]) -> dict[str, Any]:
     """The caller's config (needs `backbone` and `image_size`) completed from the model itself."""
     missing = [key for key in ("backbone", "image_size") if key not in config]
@@ -261,6 +295,7 @@ def model_config(model: LabelSpaceModel, config: dict[str, Any]) -> dict[str, An
             raise ValueError(f"config says {key}={config[key]} but the model has {key}={getattr(model, key)}")
     return {
         **config,
+        "model_options": model_options(model),
         "image_size": int(config["image_size"]),  # square, as preprocess.decode_resized makes them
         "k": model.k,
         "d": model.d,
