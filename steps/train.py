@@ -1,4 +1,8 @@
-"""Step: train one head (the label space or the BCE baseline) with MLflow curves and checkpoints."""
+"""Step: train one head (the label space or the BCE baseline) with MLflow curves and checkpoints.
+
+After training, the thresholded decision (Platt scaling and an O-F1-best threshold) is fitted on the
+validation split and stored in the model, so serving returns the same decision evaluation measured.
+"""
 
 from typing import Annotated
 
@@ -26,6 +30,7 @@ def train(
     import mlflow
     import torch
 
+    from labelspace.calibration import fit_calibration
     from labelspace.dataset import split_indices, target_matrix
     from labelspace.evaluation import flat_metrics
     from labelspace.metrics import mean_average_precision, topk_metrics
@@ -44,19 +49,21 @@ def train(
 
     val_cache: dict[str, torch.Tensor] = {}
 
-    def validate(model, epoch: int) -> dict[str, float]:
-        val_idx = splits["val"]
-        y = targets[val_idx]
-        if len(val_idx) == 0 or not y.any():
-            return {}
+    def val_scores(model):
         device = next(model.parameters()).device
         if config.freeze_backbone:
             if "feats" not in val_cache:
-                val_cache["feats"] = extract_features(model, images, val_idx, device, desc="val features")
+                val_cache["feats"] = extract_features(model, images, splits["val"], device, desc="val features")
             feats = val_cache["feats"]
         else:
-            feats = extract_features(model, images, val_idx, device, desc="val features")
-        scores = scores_from_features(model, feats, vectors, device)
+            feats = extract_features(model, images, splits["val"], device, desc="val features")
+        return scores_from_features(model, feats, vectors, device)
+
+    def validate(model, epoch: int) -> dict[str, float]:
+        y = targets[splits["val"]]
+        if len(y) == 0 or not y.any():
+            return {}
+        scores = val_scores(model)
         top3 = topk_metrics(scores, y, 3)
         return {"val_mAP": mean_average_precision(scores, y), "val_top3_C-F1": top3["C-F1"],
                 "val_top3_O-F1": top3["O-F1"]}
@@ -69,9 +76,19 @@ def train(
         config, images, targets, splits["train"], vectors, data_key=f"{dataset_version}:{','.join(train_labels)}",
         checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, validate=validate,
     )
+    calibration: dict = {}
+    try:
+        calibration = fit_calibration(val_scores(result.model), targets[splits["val"]], head=head)
+    except ValueError as e:  # e.g. no validation split: the model still ranks, without a threshold
+        print(f"{head}: no thresholded decision: {e}")
+    if calibration:
+        mlflow.log_metrics({f"{head}/calibration_{k}": float(v) for k, v in calibration.items()
+                            if isinstance(v, float)})
+        mlflow.log_metrics({f"{head}/val_threshold_{k.replace('-', '_')}": float(v)
+                            for k, v in calibration["validation"].items()})
     final = result.history[-1] if result.history else {}
     log_metadata(metadata={"head": head, "resumed_from_epoch": result.resumed_from_epoch,
                            "n_train_images": len(splits["train"]), "n_val_images": len(splits["val"]),
                            **flat_metrics({"final": {k: v for k, v in final.items() if k != "epoch"}}, head)})
     return TrainedModel(config=vars(config).copy(), labels=train_labels, label_vectors=vectors,
-                        state_dict=result.model.state_dict(), history=result.history)
+                        state_dict=result.model.state_dict(), history=result.history, calibration=calibration)

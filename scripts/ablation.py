@@ -1,0 +1,287 @@
+"""Ablation study of the label-space head against its BCE baseline, on cached frozen features.
+
+Every choice is made on the validation split carved from train (dataset.split_indices); the test
+split is never read here. Backbone features are computed once (plain and mirrored) and cached, so
+each head trains in seconds through the library's own `train_model(features=...)`.
+
+    .venv/bin/python scripts/ablation.py                 # the whole table, 3 seeds per row
+    .venv/bin/python scripts/ablation.py --rows paper,chosen --seeds 1
+    .venv/bin/python scripts/ablation.py --fine-tune 1   # also end-to-end training, 1 epoch per head
+    .venv/bin/python scripts/ablation.py --vectors minilm=data/vectors/minilm-l6-v2.bin
+
+Rows are cumulative: each adds one change to the row above it, up to the project's choice; then
+one-factor sweeps around that choice. Results go to reports/ablation.json and a Markdown table.
+Selection score = mean of validation top-3 C-F1, top-3 O-F1 and mAP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # hundreds of short runs: progress bars would drown the results
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from labelspace.dataset import split_indices, target_matrix  # noqa: E402
+from labelspace.metrics import mean_average_precision, topk_metrics  # noqa: E402
+from labelspace.training import TrainConfig, extract_features, scores_from_features, train_model  # noqa: E402
+from labelspace.zero_shot import zero_shot_metrics  # noqa: E402
+
+LR_GRID = (1e-3, 3e-3, 1e-2)
+PAPER = dict(normalize=False, center_words=False, learn_scale=False, variant="paper", margin=1.0,
+             threshold_weight=0.0)
+NORMALIZED = dict(PAPER, normalize=True, margin=0.1)
+PAIRWISE = dict(NORMALIZED, variant="pairwise")
+THRESHOLD = dict(PAIRWISE, threshold=0.1, threshold_weight=1.0)
+CENTRED = dict(THRESHOLD, center_words=True)
+CHOSEN = dict(CENTRED, threshold=0.2)
+
+# name -> (what changes, head, overrides, search the learning rate)
+ROWS: dict[str, tuple[str, str, dict, bool]] = {
+    "bce": ("baseline: linear sigmoid head, BCE", "bce", {}, True),
+    "paper": ("paper: ||Aw||^2, eq. 3 hinge, m=1", "labelspace", PAPER, True),
+    "paper-m10": ("paper, m=10 (margin only rescales A)", "labelspace", dict(PAPER, margin=10.0), False),
+    "normalized": ("+ unit A (Frobenius) and unit w, m=0.1", "labelspace", NORMALIZED, False),
+    "normalized-scale": ("+ learned temperature on D", "labelspace", dict(NORMALIZED, learn_scale=True), False),
+    "pairwise": ("+ pairwise hinge (every positive vs every negative)", "labelspace", PAIRWISE, False),
+    "threshold": ("+ threshold term, tau=0.1, weight 1", "labelspace", THRESHOLD, False),
+    "centred": ("+ words centred on the training labels' mean", "labelspace", CENTRED, True),
+    "chosen": ("+ tau=0.2", "labelspace", CHOSEN, True),
+    "paper-rank": ("chosen, eq. 3 rank term instead of pairwise", "labelspace", dict(CHOSEN, variant="paper"), False),
+    "no-rank": ("chosen, threshold term only (rank weight 0)", "labelspace", dict(CHOSEN, rank_weight=0.0), False),
+    "no-threshold": ("chosen, rank term only (threshold weight 0)", "labelspace",
+                     dict(CHOSEN, threshold_weight=0.0), False),
+    "uncentred": ("chosen, words not centred", "labelspace", dict(CHOSEN, center_words=False), False),
+    "m0.05": ("chosen, m=0.05", "labelspace", dict(CHOSEN, margin=0.05), False),
+    "m0.2": ("chosen, m=0.2", "labelspace", dict(CHOSEN, margin=0.2), False),
+    "tau0.1": ("chosen, tau=0.1 (= centred)", "labelspace", dict(CHOSEN, threshold=0.1), False),
+    "tau0.15": ("chosen, tau=0.15", "labelspace", dict(CHOSEN, threshold=0.15), False),
+    "tau0.3": ("chosen, tau=0.3", "labelspace", dict(CHOSEN, threshold=0.3), False),
+    "w0.3": ("chosen, threshold weight 0.3", "labelspace", dict(CHOSEN, threshold_weight=0.3), False),
+    "w3": ("chosen, threshold weight 3", "labelspace", dict(CHOSEN, threshold_weight=3.0), False),
+    "k5": ("chosen, k=5", "labelspace", dict(CHOSEN, k=5), False),
+    "k25": ("chosen, k=25", "labelspace", dict(CHOSEN, k=25), False),
+    "k50": ("chosen, k=50", "labelspace", dict(CHOSEN, k=50), False),
+    "k100": ("chosen, k=100 (paper's k)", "labelspace", dict(CHOSEN, k=100), False),
+    "neg1": ("chosen, 1 sampled negative", "labelspace", dict(CHOSEN, n_negatives=1), False),
+    "neg3": ("chosen, 3 sampled negatives", "labelspace", dict(CHOSEN, n_negatives=3), False),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", default=str(ROOT / "params.yaml"))
+    p.add_argument("--rows", default="all", help=f"comma-separated subset of: {', '.join(ROWS)}")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--vectors", action="append", default=[],
+                   help="NAME=PATH of other word2vec files: the `chosen` row is rerun with each")
+    p.add_argument("--grid", default="",
+                   help="extra rows around `chosen`: every combination of KEY=V1,V2 groups joined by ';', "
+                        "e.g. 'threshold=0.2,0.25;k=5,10'")
+    p.add_argument("--fine-tune", type=int, default=0, metavar="EPOCHS",
+                   help="also train rows end to end (backbone unfrozen) for EPOCHS epochs")
+    p.add_argument("--fine-tune-rows", default="bce,chosen", help="rows trained end to end")
+    p.add_argument("--fine-tune-lrs", default="0.001", help="comma-separated learning rates of those runs")
+    p.add_argument("--fine-tune-seeds", type=int, default=1, help="seeds of each end-to-end run")
+    p.add_argument("--fine-tune-frozen", action="store_true", help="also frozen runs at the same budget")
+    p.add_argument("--cache", default=str(ROOT / "data" / "ablation"))
+    p.add_argument("--out", default=str(ROOT / "reports" / "ablation.json"))
+    return p.parse_args(argv)
+
+
+def load_data(params: dict, cache: Path, vectors_path: Path):
+    """Manifest, images, labels and their word vectors, ingested with the library into `cache`."""
+    from labelspace.nuswide import ingest, read_manifest
+    from labelspace.preprocess import build_image_arrays, load_image_arrays
+    from labelspace.word_vectors import load_word_vectors, resolve_label_vectors
+
+    dataset = (ROOT / params["ingest"]["dataset"]).resolve()
+    manifest_path = cache / "manifest.parquet"
+    if not manifest_path.is_file():
+        ingest(dataset, manifest_path)
+    manifest, concepts = read_manifest(manifest_path)
+    size = params["ingest"]["image_size"]
+    images = load_image_arrays(build_image_arrays(manifest_path, dataset, size, cache / f"images-{size}"))
+    kv = load_word_vectors(vectors_path)
+    resolved = resolve_label_vectors(kv, concepts, params.get("embedding", {}).get("aliases") or {})
+    return manifest, images, resolved.labels, resolved.matrix
+
+
+def cached_features(config: TrainConfig, images, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen-backbone features of every image, plain and mirrored, computed once per backbone."""
+    from labelspace.training import build_model
+
+    path = cache / f"features-{config.backbone}-{images.shape[0]}x{images.shape[1]}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        return saved["plain"], saved["mirrored"]
+    model = build_model(TrainConfig(backbone=config.backbone), n_labels=1, d=1)
+    everything = np.arange(images.shape[0])
+    plain = extract_features(model, images, everything, torch.device("cpu"), desc="features")
+    mirrored = extract_features(model, images, everything, torch.device("cpu"), mirrored=True, desc="mirrored")
+    torch.save({"plain": plain, "mirrored": mirrored}, path)
+    return plain, mirrored
+
+
+def evaluate_val(model, feats, vectors, targets, held_vectors=None, held_targets=None, held_labels=()):
+    scores = scores_from_features(model, feats, vectors)
+    top3 = topk_metrics(scores, targets, 3)
+    row = {"C-F1": top3["C-F1"], "O-F1": top3["O-F1"], "mAP": mean_average_precision(scores, targets)}
+    row["score"] = (row["C-F1"] + row["O-F1"] + row["mAP"]) / 3
+    if held_vectors is not None:
+        z = zero_shot_metrics(scores_from_features(model, feats, held_vectors), held_targets, list(held_labels))
+        row.update({"zs_O-F1@1": z["top1"]["O-F1"], "zs_C-F1@1": z["top1"]["C-F1"], "zs_mAP": z["mAP"],
+                    "zs_chance_O-F1@1": z["chance"]["top1"]["O-F1"], "zs_n": z["n_images"]})
+    return row
+
+
+def run_row(name, head, overrides, lrs, seeds, base, data, feats, held):
+    labels, vectors, all_vectors, targets, splits = data
+    plain, mirrored = feats
+    train_idx, val_idx = splits["train"], splits["val"]
+    results = {}
+    for lr in lrs:
+        per_seed = []
+        for seed in range(seeds):
+            config = TrainConfig(**{**base, **overrides, "head": head, "lr": lr, "seed": seed})
+            start = time.perf_counter()
+            result = train_model(config, None, targets, train_idx, vectors,
+                                 features=(plain[train_idx], mirrored[train_idx]))
+            seconds = time.perf_counter() - start
+            hv = ht = None
+            if head == "labelspace" and held["labels"]:
+                hv, ht = held["vectors"], held["targets"][val_idx]
+            row = evaluate_val(result.model, plain[val_idx], vectors, targets[val_idx], hv, ht, held["labels"])
+            row["seconds"] = seconds
+            per_seed.append(row)
+        results[lr] = {k: float(np.mean([r[k] for r in per_seed])) for k in per_seed[0]}
+        results[lr].update({f"{k}_std": float(np.std([r[k] for r in per_seed]))
+                            for k in ("C-F1", "O-F1", "mAP", "zs_O-F1@1") if k in per_seed[0]})
+        print(f"  {name} lr={lr:g}: " + ", ".join(f"{k}={100 * v:.1f}" if k != "seconds" and "zs_n" not in k
+                                                    else f"{k}={v:.1f}" for k, v in results[lr].items()
+                                                    if not k.endswith("_std")), flush=True)
+    best_lr = max(results, key=lambda lr: results[lr]["score"])
+    return {"lr": best_lr, **results[best_lr], "lr_search": {str(k): v["score"] for k, v in results.items()}}
+
+
+def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, seeds=1):
+    """End-to-end training (backbone unfrozen) of table rows at a small epoch budget, one seed each
+    (an end-to-end epoch takes tens of seconds on a CPU) unless `seeds` says more, optionally beside
+    frozen training at the same budget: validation metrics, zero-shot, and seconds per epoch."""
+    labels, vectors, _, targets, splits = data
+    val_idx = splits["val"]
+    out = {}
+    for name in rows:
+        _, head, overrides, _ = ROWS[name]
+        for lr, frozen, seed in itertools.product(lrs, (True, False) if with_frozen else (False,), range(seeds)):
+            config = TrainConfig(**{**base, **overrides, "head": head, "lr": lr, "epochs": epochs,
+                                    "freeze_backbone": frozen, "seed": seed})
+            start = time.perf_counter()
+            result = train_model(config, images, targets, splits["train"], vectors)
+            seconds = time.perf_counter() - start
+            feats = extract_features(result.model, images, val_idx, torch.device("cpu"))
+            hv, ht = (held["vectors"], held["targets"][val_idx]) if head == "labelspace" else (None, None)
+            row = evaluate_val(result.model, feats, vectors, targets[val_idx], hv, ht, held["labels"])
+            row.update(seconds=seconds, seconds_per_epoch=seconds / epochs, epochs=epochs, lr=lr)
+            key = f"{name} {'frozen' if frozen else 'fine-tuned'} {epochs}ep lr={lr:g}" + (f" seed={seed}" if seeds > 1 else "")
+            out[key] = row
+            print(f"  {key}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()), flush=True)
+    return out
+
+
+def markdown(table: dict) -> str:
+    lines = ["| row | change | lr | val top-3 C-F1 | val top-3 O-F1 | val mAP | zero-shot O-F1@1 (chance) | s/run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in table.items():
+        zs = (f"{100 * row['zs_O-F1@1']:.1f} ± {100 * row['zs_O-F1@1_std']:.1f} "
+              f"({100 * row['zs_chance_O-F1@1']:.1f})" if "zs_O-F1@1" in row else "–")
+        lines.append(f"| {name} | {row['what']} | {row['lr']:g} | {100 * row['C-F1']:.1f} ± {100 * row['C-F1_std']:.1f}"
+                     f" | {100 * row['O-F1']:.1f} ± {100 * row['O-F1_std']:.1f} | {100 * row['mAP']:.1f} ± "
+                     f"{100 * row['mAP_std']:.1f} | {zs} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from labelspace.params import load_params
+    from labelspace.word_vectors import load_word_vectors, resolve_label_vectors
+
+    args = parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("LABELSPACE_THREADS", "2")))
+    params = load_params(args.params)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    manifest, images, labels, label_vectors = load_data(params, cache, ROOT / params["vectors"]["path"])
+    base = vars(TrainConfig.from_params(params))
+    base.pop("extra")
+    held_labels = list(params.get("evaluate", {}).get("zero_shot_labels", []))
+    keep = [i for i, label in enumerate(labels) if label not in held_labels]
+    held_idx = [labels.index(label) for label in held_labels]
+    all_targets = target_matrix(manifest, labels)
+    splits = split_indices(manifest, params["train"].get("val_fraction", 0.1), params["train"].get("seed", 0))
+    feats = cached_features(TrainConfig(**base), images, cache)
+
+    def data_for(vectors_matrix):
+        held = {"labels": held_labels, "vectors": vectors_matrix[held_idx], "targets": all_targets[:, held_idx]}
+        return (([labels[i] for i in keep], vectors_matrix[keep], vectors_matrix, all_targets[:, keep], splits),
+                held)
+
+    wanted = list(ROWS) if args.rows == "all" else [name for name in args.rows.split(",") if name]
+    table: dict = {}
+    print(f"train {len(splits['train'])} / val {len(splits['val'])} images; trained labels "
+          f"{[labels[i] for i in keep]}; held out {held_labels}", flush=True)
+    # Rows with a learning-rate search first: the others train at the lr the `chosen` row picked.
+    for name in sorted(wanted, key=lambda n: not ROWS[n][3]):
+        what, head, overrides, search = ROWS[name]
+        data, held = data_for(label_vectors)
+        lrs = LR_GRID if search else (table.get("chosen", {}).get("lr", base["lr"]),)
+        table[name] = {"what": what, **run_row(name, head, overrides, lrs, args.seeds, base, data, feats, held)}
+    table = {name: table[name] for name in wanted}
+    if args.grid:
+        groups = [(key, [float(v) if "." in v else int(v) for v in values.split(",")])
+                  for key, values in (group.split("=") for group in args.grid.split(";"))]
+        data, held = data_for(label_vectors)
+        lr = table.get("chosen", {}).get("lr", base["lr"])
+        for combo in itertools.product(*[values for _, values in groups]):
+            overrides = dict(CHOSEN, **{key: value for (key, _), value in zip(groups, combo, strict=True)})
+            name = "chosen " + " ".join(f"{key}={value:g}" for (key, _), value in zip(groups, combo, strict=True))
+            table[name] = {"what": name, **run_row(name, "labelspace", overrides, (lr,), args.seeds, base, data,
+                                                   feats, held)}
+    for spec in args.vectors:
+        name, path = spec.split("=", 1)
+        kv = load_word_vectors(path)
+        other = resolve_label_vectors(kv, labels, params.get("embedding", {}).get("aliases") or {}).matrix
+        data, held = data_for(other)
+        lr = table.get("chosen", {}).get("lr", base["lr"])
+        for suffix, overrides in (("", CHOSEN), ("-uncentred", dict(CHOSEN, center_words=False))):
+            table[f"{name}{suffix}"] = {"what": f"chosen{', words not centred' if suffix else ''}, {name} vectors "
+                                                f"(d={other.shape[1]})",
+                                        **run_row(name + suffix, "labelspace", overrides, (lr,), args.seeds, base,
+                                                  data, feats, held)}
+    if args.fine_tune:
+        data, held = data_for(label_vectors)
+        table["fine_tune"] = fine_tune_rows(args.fine_tune_rows.split(","), args.fine_tune,
+                                            [float(lr) for lr in args.fine_tune_lrs.split(",")], base, data, held,
+                                            images, args.fine_tune_frozen, args.fine_tune_seeds)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"seeds": args.seeds, "n_train": int(len(splits["train"])),
+                               "n_val": int(len(splits["val"])), "held_out": held_labels, "rows": table},
+                              indent=1, default=float) + "\n")
+    rows = {k: v for k, v in table.items() if k != "fine_tune"}
+    if rows:
+        print("\n" + markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
