@@ -63,9 +63,13 @@ def evaluate(
             rows = [labels.index(label) for label in held_out]
             held_scores = scores_from_features(model, feats, label_vectors[rows], device)
             held_targets = target_matrix(manifest.iloc[test_idx], held_out)
-            report["zero_shot"] = {"model": "labelspace",
-                                   **zero_shot_metrics(held_scores, held_targets, held_out, k=1)}
-    if not held_out:
+            if held_targets.any():
+                report["zero_shot"] = {"model": "labelspace",
+                                       **zero_shot_metrics(held_scores, held_targets, held_out, k=1)}
+            else:
+                report["zero_shot"] = {"labels": held_out, "n_images": 0,
+                                       "note": "no test image holds a held-out label: nothing to rank"}
+    if not held_out:  # nothing held out, or no held-out name is a concept of this dataset
         report["zero_shot"] = {"labels": [], "note": "no label held out: evaluate.zero_shot_labels names no "
                                                      "concept of this dataset"}
     if not_concepts:

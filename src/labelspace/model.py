@@ -67,11 +67,15 @@ class LabelSpaceModel(nn.Module):
         """The model a config dict describes (TrainConfig fields, or a served model's config with `d`).
 
         Keys that are not constructor arguments are ignored; missing options keep their defaults,
-        so a config saved before an option existed rebuilds the model it described.
+        so a config saved before an option existed rebuilds the model it described. Serving:
+        `LabelSpaceModel.from_config(config)`, then `load_state_dict` (it holds `word_center` and
+        `log_scale` when those options are on).
         """
         import inspect
 
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "pretrained"}
+        if not pretrained:
+            accepted.discard("weights_path")  # the weights come from a state_dict, not from that file
         return cls(pretrained=pretrained, **{key: value for key, value in config.items() if key in accepted})
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
