@@ -27,6 +27,8 @@ def train(
     held_out: list[str] | None = None,
 ) -> Annotated[TrainedModel, "model"]:
     """`params` holds the model, loss and train sections of params.yaml; held-out labels never train."""
+    import hashlib
+
     import mlflow
     import torch
 
@@ -72,8 +74,14 @@ def train(
         mlflow.log_metrics({f"{head}/{k}": float(v) for k, v in record.items() if k != "epoch"}, step=epoch)
 
     mlflow.log_params({f"{head}.{k}": v for k, v in vars(config).items() if k != "extra"})
+    # Everything the weights depend on besides the config: a checkpoint of other data, vectors,
+    # resolution or split is never resumed from.
+    data_key = hashlib.sha256(b"\0".join([
+        dataset_version.encode(), "\n".join(train_labels).encode(), np.ascontiguousarray(vectors).tobytes(),
+        splits["train"].tobytes(), splits["val"].tobytes(), str(images.shape).encode(),
+    ])).hexdigest()
     result = train_model(
-        config, images, targets, splits["train"], vectors, data_key=f"{dataset_version}:{','.join(train_labels)}",
+        config, images, targets, splits["train"], vectors, data_key=data_key,
         checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, validate=validate,
     )
     calibration: dict = {}
