@@ -60,8 +60,10 @@ def prepare_workdir(work: Path, args: argparse.Namespace) -> dict[str, str]:
     params["vectors"]["path"] = str(vectors)
     params["train"].update(epochs=args.epochs, checkpoint_dir=str(work / "checkpoints"))
     params["evaluate"]["report"] = str(work / "reports" / "metrics.json")
-    if args.unfrozen:
-        params["model"]["freeze_backbone"] = False
+    # The bare loop below is the paper's head and loss: pin them, so both sides do the same arithmetic
+    # whatever params.yaml's defaults are; frozen unless --unfrozen.
+    params["model"].update(freeze_backbone=not args.unfrozen, normalize=False, center_words=False, learn_scale=False)
+    params["loss"].update(variant="paper", margin=1.0, threshold_weight=0.0)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return {**TELEMETRY_OFF, PARAMS_ENV: str(work / "params.yaml"), "ZENML_CONFIG_PATH": str(work / "zenml"),
             "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
