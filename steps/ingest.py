@@ -13,7 +13,7 @@ def cache_paths(cache_dir: str, dataset_version: str, image_size: int) -> Tuple[
     return folder / "manifest.parquet", folder / f"images-{image_size}"
 
 
-@step
+@step(experiment_tracker=True)
 def ingest(
     dataset: str, dataset_version: str, image_size: int, cache_dir: str
 ) -> Tuple[
@@ -24,6 +24,8 @@ def ingest(
     Annotated[str, "dataset_version"],
 ]:
     """`dataset_version` (DVC's hash of the dataset) keys the cache: new data, new manifest."""
+    import mlflow
+
     from labelspace.nuswide import ingest as ingest_dataset
     from labelspace.nuswide import read_manifest
     from labelspace.preprocess import build_image_arrays
@@ -33,5 +35,8 @@ def ingest(
     manifest, concepts = read_manifest(manifest_path)
     arrays = build_image_arrays(manifest_path, dataset, image_size, arrays_dir)
     counts = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+    # Every skipped image and stray label value, with file and line, beside the run's metrics.
+    mlflow.log_dict(report, "data/ingest_report.json")
+    mlflow.log_metrics({f"ingest_{k}": float(v) for k, v in counts.items()})
     log_metadata(metadata={"dataset": dataset, "dataset_version": dataset_version, **counts})
     return manifest, concepts, report, str(arrays), dataset_version

@@ -80,6 +80,7 @@ def test_run_is_tracked_and_registered_with_lineage(project, first_run):
         run = client.get_run(v.run_id)
         history = client.get_metric_history(v.run_id, "labelspace/loss")
         artifacts = [a.path for a in client.list_artifacts(v.run_id, "plots")]
+        artifacts += [a.path for a in client.list_artifacts(v.run_id, "data")]
         print(json.dumps({"n_versions": len(versions), "version": v.version, "tags": v.tags,
                           "metrics": run.data.metrics, "loss_steps": [m.step for m in history],
                           "artifacts": artifacts}))
@@ -93,6 +94,7 @@ def test_run_is_tracked_and_registered_with_lineage(project, first_run):
     assert any(k.startswith("labelspace_top3") for k in info["metrics"])
     assert any(k.startswith("bce_top3") for k in info["metrics"])
     assert "plots/per_class_f1.png" in info["artifacts"]
+    assert "data/ingest_report.json" in info["artifacts"]  # every skipped image, beside the metrics
 
 
 def test_registered_model_ranks_labels_of_a_real_image_in_a_fresh_process(project, first_run, tiny_dataset):

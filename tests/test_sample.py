@@ -161,3 +161,18 @@ def test_every_concept_has_a_glove_vector_under_the_label_policy(tmp_path):
     resolved = resolve_label_vectors(load_word_vectors(tmp_path / "glove.bin"), list(CONCEPTS_BY_CLASS))
     assert resolved.matrix.shape == (10, 50)
     assert resolved.how["ankle_boot"] == "mean-of-words" and resolved.how["t-shirt"] == "exact"
+
+
+def test_sample_command_works_outside_a_project(tmp_path):
+    """Elsewhere the flags are enough: no params.yaml is needed to build a dataset."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "LABELSPACE_PARAMS"}
+    out = subprocess.run([str(Path(sys.executable).parent / "labelspace"), "sample", "--out", "built",
+                          "--n-train", "6", "--n-test", "2"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert len((tmp_path / "built/ImageList/TrainImagelist.txt").read_text().splitlines()) == 6

@@ -247,7 +247,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     from labelspace.params import load_params, section
 
-    params = dict(section(load_params(), "sample"))
+    try:
+        params = dict(section(load_params(), "sample"))
+    except FileNotFoundError:  # outside a project: the flags and SampleConfig's defaults say it all
+        params = {}
     out = args.out or params.pop("out", None)
     params.pop("out", None)  # when --out was given
     if not out:
