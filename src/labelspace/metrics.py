@@ -44,6 +44,18 @@ def topk_mask(scores: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
+def _per_class_counts(s: np.ndarray, t: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Per class: correct, predicted and positive counts of top-k predictions, and P_c, R_c
+    (0 where the denominator is 0)."""
+    pred = topk_mask(s, k)
+    correct = (pred & t).sum(axis=0).astype(np.float64)
+    predicted = pred.sum(axis=0).astype(np.float64)
+    positives = t.sum(axis=0).astype(np.float64)
+    p = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
+    r = np.divide(correct, positives, out=np.zeros_like(correct), where=positives > 0)
+    return correct, predicted, positives, p, r
+
+
 def topk_metrics(scores: Any, targets: Any, k: int) -> dict[str, float | int]:
     """C-P, C-R, C-F1, O-P, O-R, O-F1 (fractions) of top-k predictions, with the counts behind them.
 
@@ -60,13 +72,8 @@ def topk_metrics(scores: Any, targets: Any, k: int) -> dict[str, float | int]:
     }
     if t.shape[0] == 0:
         raise ValueError("no image has a positive label: nothing to evaluate")
-    pred = topk_mask(s, k)
-    correct = (pred & t).sum(axis=0).astype(np.float64)
-    predicted = pred.sum(axis=0).astype(np.float64)
-    positives = t.sum(axis=0).astype(np.float64)
+    correct, predicted, positives, per_class_p, per_class_r = _per_class_counts(s, t, k)
     evaluated = positives > 0
-    per_class_p = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
-    per_class_r = np.divide(correct, positives, out=np.zeros_like(correct), where=positives > 0)
     cp = float(per_class_p[evaluated].mean())
     cr = float(per_class_r[evaluated].mean())
     op = float(correct.sum() / predicted.sum())
@@ -89,14 +96,8 @@ def per_class_f1(scores: Any, targets: Any, k: int) -> np.ndarray:
     """F1 of top-k predictions per class (NaN for classes without positives), for plots."""
     s, t = _as_arrays(scores, targets)
     keep = t.any(axis=1)
-    s, t = s[keep], t[keep]
-    pred = topk_mask(s, k)
-    correct = (pred & t).sum(axis=0).astype(np.float64)
-    predicted = pred.sum(axis=0)
-    positives = t.sum(axis=0)
-    p = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
-    r = np.divide(correct, positives, out=np.zeros_like(correct), where=positives > 0)
-    f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(correct), where=(p + r) > 0)
+    _, _, positives, p, r = _per_class_counts(s[keep], t[keep], k)
+    f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
     f1[positives == 0] = np.nan
     return f1
 

@@ -159,7 +159,7 @@ def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # per process: two runs never write one file
     torch.save(state, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint
 
@@ -272,10 +272,11 @@ def train_model(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            total += loss.item() * len(pos)
+            value = loss.item()  # one device sync per step
+            total += value * len(pos)
             seen += len(pos)
             skipped += n_skipped
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{value:.4f}")
         record = {"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": scheduler.get_last_lr()[0],
                   "skipped_images": skipped}
         if validate is not None:
