@@ -31,8 +31,12 @@ from labelspace.download import (
 )
 
 MIN_BYTES = 600
-TIMEOUT = 0.5
+# The client's timeout for every request of the faulty list. The one timeout it must produce comes
+# from a route that never answers, so only the margin for the good answers depends on it: a loopback
+# answer under a loaded CPU takes milliseconds, not a second.
+TIMEOUT = 1.0
 RETRIES = 2
+CHUNK = 1 << 16  # what download.py reads per iter_content step
 
 
 def jpeg(seed: int, size=(48, 36), quality=90) -> bytes:
@@ -60,13 +64,17 @@ def png(seed: int) -> bytes:
 
 class FakeFlickr:
     """ThreadingHTTPServer on an ephemeral loopback port. routes: path -> (behaviour, *args);
-    every request is counted per path in `hits`. `delay` is added before every answer."""
+    every request is counted per path in `hits`. No behaviour depends on time: a route that must
+    outlast the client ("hang") or stop mid-body ("stall") waits on an event, and a test waits on
+    what the server has seen (`wait_until`), not on a sleep."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self) -> None:
         self.routes: dict[str, tuple] = {}
         self.hits: Counter[str] = Counter()
-        self.delay = delay
-        lock = threading.Lock()
+        self.stalled = 0  # "stall" answers now waiting mid-body for `release`
+        self.release = threading.Event()  # lets every stalled answer finish
+        self.closing = threading.Event()  # ends every hanging answer
+        self.changed = threading.Condition()  # notified whenever hits or stalled change
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,10 +97,10 @@ class FakeFlickr:
                 self.wfile.write(body)
 
             def do_GET(self) -> None:
-                with lock:
+                with fake.changed:
                     fake.hits[self.path] += 1
                     nth = fake.hits[self.path]
-                time.sleep(fake.delay)
+                    fake.changed.notify_all()
                 kind, *args = fake.routes.get(self.path, ("status", 404))
                 if kind == "image":
                     self.send(200, args[0], {"Content-Type": "image/jpeg"})
@@ -100,23 +108,31 @@ class FakeFlickr:
                     self.send(args[0])
                 elif kind == "flaky":  # (failures, body): 503 for the first `failures` requests
                     self.send(503) if nth <= args[0] else self.send(200, args[1])
-                elif kind == "slow":  # (seconds, body): answers after the client gave up
-                    time.sleep(args[0])
-                    self.send(200, args[1])
+                elif kind == "hang":  # no answer until the server closes: the client must time out
+                    fake.closing.wait()
+                    self.close_connection = True
                 elif kind == "redirect":
                     self.send(302, headers={"Location": args[0]})
                 elif kind == "drop":  # hang up without an answer
                     self.close_connection = True
                 elif kind == "cut_once":  # a short body the first time, whole afterwards
                     self.send(200, args[0], cut=nth == 1)
-                elif kind == "slow_body":  # (seconds, body): half, a pause, the rest
+                elif kind == "stall":  # (body,): headers and half the body, then nothing until `release`
+                    body = args[0]
                     self.send_response(200)
-                    self.send_header("Content-Length", str(len(args[1])))
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(args[1][: len(args[1]) // 2])
+                    self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
-                    time.sleep(args[0])
-                    self.wfile.write(args[1][len(args[1]) // 2:])
+                    with fake.changed:
+                        fake.stalled += 1
+                        fake.changed.notify_all()
+                    fake.release.wait()
+                    with fake.changed:
+                        fake.stalled -= 1
+                        fake.changed.notify_all()
+                    self.wfile.write(body[len(body) // 2:])
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -131,7 +147,15 @@ class FakeFlickr:
     def image_hits(self) -> int:
         return sum(n for path, n in self.hits.items() if path.endswith(".jpg"))
 
+    def wait_until(self, condition, timeout: float = 60.0) -> bool:
+        """Block until condition() holds (evaluated under the lock, on every hit or stall). The
+        timeout only turns a bug into a failure instead of a hang; no outcome depends on it."""
+        with self.changed:
+            return self.changed.wait_for(condition, timeout)
+
     def close(self) -> None:
+        self.release.set()
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -198,7 +222,7 @@ def faulty(tmp_path_factory):
         "gone": urls.add("cat", 1009, middle=("status", 410)),
         "forbidden": urls.add("dog", 1010, middle=("status", 403)),
         "server_error": urls.add("dog", 1011, middle=("status", 500)),
-        "timeout": urls.add("dog", 1012, middle=("slow", 3 * TIMEOUT, good[0])),
+        "timeout": urls.add("dog", 1012, middle=("hang",)),
         "drop": urls.add("dog", 1013, middle=("drop",)),
         "placeholder_redirect": urls.add("elk", 1014, middle=("redirect", "/images/photo_unavailable.png")),
         "placeholder_bytes": urls.add("elk", 1015, middle=("image", PLACEHOLDER)),
@@ -221,6 +245,9 @@ def faulty(tmp_path_factory):
     settings = dict(mirror=server.url, workers=8, timeout=TIMEOUT, retries=RETRIES, backoff=0.01,
                     min_bytes=MIN_BYTES, placeholder_sha256=[hashlib.sha256(PLACEHOLDER).hexdigest()], progress=False)
     first = download_nuswide(list_file, tmp / "nuswide", **settings)
+    # A request the client gave up on (the hanging route) may reach do_GET after download_nuswide
+    # returned: count hits only once the server has seen as many requests as the client made.
+    server.wait_until(lambda: sum(server.hits.values()) >= first["http_requests"], timeout=30)
     hits_after_first = Counter(server.hits)
     yield {"server": server, "urls": urls, "paths": paths, "out": tmp / "nuswide", "list": list_file,
            "settings": settings, "first": first, "hits_after_first": hits_after_first}
@@ -266,7 +293,7 @@ def test_retries_are_bounded_and_404_is_not_retried(faulty):
         return [hits[path] for path, route in routes.items() if route[0] == kind]
 
     assert requests_to("flaky") == [RETRIES + 1]  # 503, 503, then the image
-    assert requests_to("drop") == requests_to("slow") == [RETRIES + 1]
+    assert requests_to("drop") == requests_to("hang") == [RETRIES + 1]
     assert requests_to("cut_once") == [2]
     not_retried = [path for path, route in routes.items() if route[0] == "status" and route[1] != 500]
     assert len(not_retried) == 4 and all(hits[path] == 1 for path in not_retried)  # 404 x2, 410, 403
@@ -286,8 +313,9 @@ def test_rerun_fetches_no_image_again_and_retries_only_transient_failures(faulty
     server, paths = faulty["server"], faulty["paths"]
     before = Counter(server.hits)
     report = download_nuswide(faulty["list"], faulty["out"], **faulty["settings"])
+    server.wait_until(lambda: sum(server.hits.values()) - sum(before.values()) >= report["http_requests"], 30)
     new = {path: n - before[path] for path, n in server.hits.items() if n > before[path]}
-    transient = {p for p, r in server.routes.items() if r[0] in ("slow", "drop") or r == ("status", 500)}
+    transient = {p for p, r in server.routes.items() if r[0] in ("hang", "drop") or r == ("status", 500)}
     assert new == dict.fromkeys(transient, RETRIES + 1)  # nothing else was requested
     assert report["counts"] == {**EXPECTED, "downloaded": 0, "present": 7}
     assert report["remembered_failures"] == 8  # not_found x2, http_error, placeholder x2, too_small, corrupt x2
@@ -370,45 +398,71 @@ def test_missing_url_list_is_a_clear_error_with_nonzero_exit(tmp_path, capsys):
 
 
 def test_killed_download_leaves_no_partial_image_and_completes_on_restart(tmp_path):
+    """SIGKILL while every worker is mid-body. The kill moment is fixed by the server, not by timing:
+    the first WHOLE images are served at once, every later one sends half its body and stalls until
+    the test releases it. Workers take rows in list order, so exactly WHOLE images land and each of
+    the `workers` stalled downloads holds a partial temporary file when the kill comes."""
+    workers, whole, total = 3, 6, 24
     server = FakeFlickr()
+    process = None
     try:
         urls = UrlList(server)
-        for i in range(24):
-            body = jpeg(100 + i, size=(512, 384))  # half of it is more than one 64 KiB read
-            urls.add(f"q{i % 3}", 3000 + i, body, middle=("slow_body", 0.15, body))
+        stalled_paths = []
+        for i in range(total):
+            body = jpeg(100 + i, size=(512, 384))
+            assert len(body) // 2 > CHUNK  # the half sent before the stall fills at least one read
+            relpath = urls.add(f"q{i % 3}", 3000 + i, body, middle=("image", body) if i < whole else ("stall", body))
+            if i >= whole:
+                stalled_paths.append(relpath)
         list_file = urls.write(tmp_path / "NUS-WIDE-urls.txt")
-        # Settings come from a params.yaml, as in the DVC stage; the command line adds the mirror.
-        (tmp_path / "params.yaml").write_text("download:\n  workers: 3\n  retries: 0\n  min_bytes: 600\n")
+        # Settings come from a params.yaml, as in the DVC stage; the command line adds the mirror. The
+        # timeout outlasts the test, so a stalled body stays stalled until the kill.
+        (tmp_path / "params.yaml").write_text(
+            f"download:\n  workers: {workers}\n  retries: 0\n  min_bytes: 600\n  timeout: 600\n")
         out = tmp_path / "nuswide"
         command = [sys.executable, "-m", "labelspace", "download", "--urls", str(list_file), "--out", str(out),
                    "--mirror", server.url, "--no-progress"]
-        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   env={**os.environ, "LABELSPACE_PARAMS": str(tmp_path / "params.yaml")})
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and process.poll() is None:
-            if len(list((out / "Flickr").glob("*/*.jpg"))) >= 6:
-                break
-            time.sleep(0.02)
-        assert process.poll() is None, process.stderr.read().decode()
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-        process.stderr.close()
+        stderr_path = tmp_path / "stderr.txt"
+        with open(stderr_path, "wb") as stderr:  # a file, not a pipe: a full pipe would block the child
+            process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr,
+                                       env={**os.environ, "LABELSPACE_PARAMS": str(tmp_path / "params.yaml")})
 
-        landed = sorted((out / "Flickr").glob("*/*.jpg"))
-        assert 6 <= len(landed) < 24
-        for path in landed:  # whatever reached a final path is complete
+        def landed() -> list[Path]:
+            return sorted((out / "Flickr").glob("*/*.jpg"))
+
+        def ready() -> bool:  # all workers stalled, and each has written the first chunk somewhere
+            if server.stalled < workers:
+                return False
+            files = [p for p in (out / "Flickr").glob("*/*") if p.is_file()]  # final and temporary
+            return len(files) == whole + workers and all(p.stat().st_size >= CHUNK for p in files)
+
+        # Once ready() holds it stays so until the kill (every worker waits on a stalled body), so
+        # how long the polling takes changes nothing; the deadline only turns a hang into a failure.
+        deadline = time.monotonic() + 120
+        while process.poll() is None and not ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, stderr_path.read_text()
+        assert ready(), (server.stalled, landed(), temp_files(out), stderr_path.read_text())
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+
+        assert [p.relative_to(out).as_posix() for p in landed()] == sorted(set(urls.served) - set(stalled_paths))
+        for path in landed():  # whatever reached a final path is complete
             assert path.read_bytes() == urls.served[path.relative_to(out).as_posix()]
         left_behind = temp_files(out)
-        # Killed mid-body: partial bytes sit under temporary names only.
-        assert any(p.stat().st_size > 0 for p in left_behind)
+        # Killed mid-body: the partial bytes sit under temporary names only.
+        assert len(left_behind) == workers and all(p.stat().st_size >= CHUNK for p in left_behind)
         assert not any((p.parent / p.name[1:].rsplit(".", 2)[0]).exists() for p in left_behind)
+        assert {(p.parent / p.name[1:].rsplit(".", 2)[0]).relative_to(out).as_posix()
+                for p in left_behind} == set(stalled_paths[:workers])
 
+        server.release.set()  # from now on every body is served whole
         report = download_nuswide(list_file, out, mirror=server.url, workers=4, retries=0, min_bytes=600,
                                   progress=False)
-        assert report["stale_temp_files_removed"] == len(left_behind)
-        assert report["counts"]["present"] == len(landed)
-        assert report["counts"]["downloaded"] == 24 - len(landed)
-        assert report["valid_images"] == 24 and report["failed"] == 0
+        assert report["stale_temp_files_removed"] == workers
+        assert report["counts"]["present"] == whole
+        assert report["counts"]["downloaded"] == total - whole
+        assert report["valid_images"] == total and report["failed"] == 0
         assert temp_files(out) == []
         for relpath, body in urls.served.items():
             assert (out / relpath).read_bytes() == body and is_present(out / relpath, 600)
@@ -416,6 +470,9 @@ def test_killed_download_leaves_no_partial_image_and_completes_on_restart(tmp_pa
         hits = server.image_hits()
         again = download_nuswide(list_file, out, mirror=server.url, min_bytes=600, progress=False)
         assert server.image_hits() == hits and again["http_requests"] == 0
-        assert again["counts"]["present"] == 24
+        assert again["counts"]["present"] == total
     finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
         server.close()
