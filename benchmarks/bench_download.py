@@ -10,6 +10,7 @@ far-away Flickr farm would; the images are real JPEGs of a few KB. Only loopback
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import random
 import tempfile
@@ -20,7 +21,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from labelspace.download import download_nuswide
+from labelspace.config import load_config
+from labelspace.data.download import download_nuswide
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def start_server(images: dict[str, bytes], delay: float) -> ThreadingHTTPServer:
@@ -63,7 +67,8 @@ def write_url_list(path: Path, n: int) -> dict[str, bytes]:
 
 def timed_download(urls: Path, out: Path, mirror: str, workers: int) -> float:
     start = time.perf_counter()
-    report = download_nuswide(urls, out, mirror=mirror, workers=workers, progress=False)
+    settings = {**dataclasses.asdict(load_config(REPO / "params.yaml").download), "mirror": mirror, "workers": workers}
+    report = download_nuswide(urls, out, **settings, progress=False)
     seconds = time.perf_counter() - start
     if report["counts"]["downloaded"] != report["images"]:
         raise SystemExit(f"benchmark download incomplete: {report['counts']}")

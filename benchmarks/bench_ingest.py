@@ -1,5 +1,5 @@
 """Parse full-size NUS-WIDE metadata (269,648 images x 81 concepts x 2 splits) with
-labelspace.nuswide and with a plain pandas read of the same files; print both times and the ratio.
+labelspace.data.nuswide and with a plain pandas read of the same files; print both times and the ratio.
 
 The metadata is generated in a temporary folder like the release: CRLF lines, backslash paths,
 one stray value in Labels_lake_Train.txt. No images are written, so the parse runs with image
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelspace.nuswide import read_nuswide_layout
+from labelspace.data.nuswide import read_nuswide_layout
 
 N_TRAIN, N_TEST = 161_789, 107_859  # the release's split of 269,648 images
 CONCEPTS = (

@@ -29,14 +29,17 @@ import numpy as np
 import torch
 import yaml
 
-from labelspace.dataset import split_indices, target_matrix
-from labelspace.loss import hinge_rank_loss
-from labelspace.model import LabelSpaceModel, label_distances
-from labelspace.params import PARAMS_ENV, load_params
-from labelspace.preprocess import load_image_arrays
-from labelspace.sample import SampleConfig, build_sample
-from labelspace.training import TrainConfig, make_scheduler
-from labelspace.word_vectors import export_glove
+from labelspace.app import PARAMS_ENV
+from labelspace.config import LossConfig, ModelConfig, TrainConfig, load_config
+from labelspace.data.prepared import PreparedData
+from labelspace.data.sample import build_sample
+from labelspace.data.splits import split_indices, target_matrix
+from labelspace.data.word_vectors import export_glove
+from labelspace.model.networks import LabelSpaceModel, label_distances
+from labelspace.model.spec import ModelSpec
+from labelspace.training.fit import held_out_labels, training_labels
+from labelspace.training.loop import make_scheduler
+from labelspace.training.loss import hinge_rank_loss
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = "labelspace_training"
@@ -46,12 +49,10 @@ TELEMETRY_OFF = {"ZENML_ANALYTICS_OPT_IN": "false", "MLFLOW_DISABLE_TELEMETRY": 
 
 def prepare_workdir(work: Path, args: argparse.Namespace) -> dict[str, str]:
     """Dataset, vectors and params.yaml under `work`; returns the environment the pipeline runs in."""
-    params = load_params(REPO / "params.yaml")
-    sample = params.get("sample", {})
+    config = load_config(REPO / "params.yaml")
+    params = config.params
     dataset = work / "fashion-canvas"
-    build_sample(dataset, SampleConfig(source=sample.get("source", SampleConfig.source), seed=0,
-                                       n_train=args.train, n_test=args.test,
-                                       canvas_size=sample.get("canvas_size", SampleConfig.canvas_size)))
+    build_sample(dataset, config.replace(sample={"seed": 0, "n_train": args.train, "n_test": args.test}).sample)
     vectors = REPO / params["vectors"]["path"]
     if not vectors.is_file():  # all 400k words: some garment names are rare words
         vectors = work / "glove-6b-50d.bin"
@@ -96,7 +97,7 @@ def read_pipeline_run() -> dict:
         return steps[step].outputs[name][0].load()
 
     return {"durations": durations, "train_metadata": dict(steps["train"].run_metadata),
-            "manifest": output("ingest", "manifest"), "image_arrays": output("ingest", "image_arrays"),
+            "manifest": output("ingest", "manifest"), "prepared_data": output("ingest", "prepared_data"),
             "labels": output("embed_labels", "labels"), "label_vectors": output("embed_labels", "label_vectors")}
 
 
@@ -109,7 +110,8 @@ def to_input(batch: np.ndarray, model: LabelSpaceModel, device: torch.device, fl
     return (x - mean) / std
 
 
-def bare_training(config: TrainConfig, images: np.ndarray, targets: np.ndarray, train_idx: np.ndarray,
+def bare_training(spec: ModelSpec, loss_config: LossConfig, config: TrainConfig, model_config: ModelConfig,
+                  images: np.ndarray, targets: np.ndarray, train_idx: np.ndarray,
                   label_vectors: np.ndarray) -> tuple[dict[str, float], float]:
     """The same training as the pipeline's, written as the plainest loop; returns the seconds of each
     phase and the last epoch's mean loss. Seeds and random draws come in the library's order, so the
@@ -119,15 +121,16 @@ def bare_training(config: TrainConfig, images: np.ndarray, targets: np.ndarray, 
     timings: dict[str, float] = {}
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    model = LabelSpaceModel(backbone=config.backbone, k=config.k, d=label_vectors.shape[1],
-                            pretrained=config.pretrained, weights_path=config.weights_path,
-                            freeze_backbone=config.freeze_backbone, dropout=config.dropout).to(device)
+    model = LabelSpaceModel(backbone=spec.backbone, k=spec.k, d=label_vectors.shape[1],
+                            pretrained=model_config.pretrained, weights_path=model_config.weights_path,
+                            freeze_backbone=spec.freeze_backbone, dropout=spec.dropout, normalize=False,
+                            center_words=False, learn_scale=False).to(device)
     W = torch.as_tensor(label_vectors, dtype=torch.float32, device=device)  # (L, d)
     y_all = torch.as_tensor(targets[train_idx], dtype=torch.float32, device=device)  # (N, L)
     timings["build model"] = time.perf_counter() - start
 
     cached = None
-    if config.freeze_backbone:
+    if spec.freeze_backbone:
         model.backbone.eval()
         for name, mirrored in (("features", False), ("mirrored features", True)):
             if mirrored and not config.mirror:
@@ -153,7 +156,7 @@ def bare_training(config: TrainConfig, images: np.ndarray, targets: np.ndarray, 
     for _ in range(config.epochs):
         epoch_loss, seen = 0.0, 0
         model.train()
-        if config.freeze_backbone:
+        if spec.freeze_backbone:
             model.backbone.eval()
         perm = rng.permutation(len(train_idx))
         flips = rng.random(len(train_idx)) < 0.5 if config.mirror else np.zeros(len(train_idx), bool)
@@ -167,8 +170,8 @@ def bare_training(config: TrainConfig, images: np.ndarray, targets: np.ndarray, 
                     A = model.from_features(x)  # (B, k, d)
                 else:
                     A = model(to_input(images[train_idx[pos]], model, device, flips[pos]))
-                loss = hinge_rank_loss(label_distances(A.float(), W), y_all[pos], margin=config.margin,
-                                       n_negatives=config.n_negatives, generator=generator)
+                loss = hinge_rank_loss(label_distances(A.float(), W), y_all[pos], margin=loss_config.margin,
+                                       n_negatives=loss_config.n_negatives, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -176,7 +179,7 @@ def bare_training(config: TrainConfig, images: np.ndarray, targets: np.ndarray, 
             scheduler.step()
             epoch_loss += loss.item() * len(pos)
             seen += len(pos)
-    timings["head epochs" if config.freeze_backbone else "epochs (forward + backward)"] = time.perf_counter() - start
+    timings["head epochs" if spec.freeze_backbone else "epochs (forward + backward)"] = time.perf_counter() - start
     return timings, epoch_loss / max(seen, 1)
 
 
@@ -204,20 +207,22 @@ def main() -> None:
         os.environ.update(env)  # before ZenML is imported: read the same isolated store
         run = read_pipeline_run()
 
-        params = load_params(work / "params.yaml")
-        config = TrainConfig.from_params(params, head="labelspace")
+        work_config = load_config(work / "params.yaml")
+        config = work_config.train
         manifest = run["manifest"]
-        train_params = params["train"]
-        train_idx = split_indices(manifest, train_params.get("val_fraction", 0.1), train_params.get("seed", 0))["train"]
-        images = load_image_arrays(run["image_arrays"])
+        train_idx = split_indices(manifest, config.val_fraction, config.seed)["train"]
+        images = PreparedData(**run["prepared_data"]).images()
         # Labels held out for zero-shot evaluation never train, in the pipeline or here.
-        held_out = set(params.get("evaluate", {}).get("zero_shot_labels") or [])
-        keep = [i for i, label in enumerate(run["labels"]) if label not in held_out]
-        targets = target_matrix(manifest, [run["labels"][i] for i in keep])
+        held_out = held_out_labels(work_config.evaluate.zero_shot_labels, run["labels"]).labels
+        labels, vectors = training_labels(run["labels"], run["label_vectors"], held_out)
+        targets = target_matrix(manifest, labels)
+        spec = ModelSpec.from_config(work_config.model, head="labelspace", n_labels=len(labels), d=vectors.shape[1],
+                                     image_size=images.shape[1])
         meta = run["train_metadata"]
         if meta.get("n_train_images", len(train_idx)) != len(train_idx) or meta.get("resumed_from_epoch", 0):
             sys.exit(f"the pipeline's train step did other work than the bare loop would: {meta}")
-        bare, bare_loss = bare_training(config, images, targets, train_idx, run["label_vectors"][keep])
+        bare, bare_loss = bare_training(spec, work_config.loss, config, work_config.model, images, targets,
+                                        train_idx, vectors)
 
     step_seconds = run["durations"]["train"]
     bare_seconds = sum(bare.values())
@@ -225,10 +230,10 @@ def main() -> None:
     pipeline_rate, bare_rate = images_seen / step_seconds, images_seen / bare_seconds
     device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
     print(f"{len(train_idx)} train images ({args.train} canvases less validation) x {config.epochs} epochs, "
-          f"batch {config.batch_size}, {config.backbone} {'frozen' if config.freeze_backbone else 'unfrozen'}, "
+          f"batch {config.batch_size}, {spec.backbone} {'frozen' if spec.freeze_backbone else 'unfrozen'}, "
           f"{images.shape[1]} px, {device}")
     print(f"pipeline `train` step (ZenML step run): {step_seconds:7.2f} s {pipeline_rate:8.1f} images/s"
-          f"  last-epoch loss {meta.get('labelspace_final_loss', float('nan')):.4f}")
+          f"  last-epoch loss {meta.get('final_loss', float('nan')):.4f}")
     print(f"bare PyTorch loop:                      {bare_seconds:7.2f} s {bare_rate:8.1f} images/s"
           f"  last-epoch loss {bare_loss:.4f}")
     print("  bare: " + ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in bare.items()))

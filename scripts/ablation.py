@@ -32,10 +32,13 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from labelspace.dataset import split_indices, target_matrix  # noqa: E402
-from labelspace.metrics import mean_average_precision, topk_metrics  # noqa: E402
-from labelspace.training import TrainConfig, extract_features, scores_from_features, train_model  # noqa: E402
-from labelspace.zero_shot import zero_shot_metrics  # noqa: E402
+from labelspace.config import Config, LossConfig, ModelConfig, TrainConfig, load_config  # noqa: E402
+from labelspace.data.splits import split_indices, target_matrix  # noqa: E402
+from labelspace.evaluation.metrics import mean_average_precision, topk_metrics  # noqa: E402
+from labelspace.evaluation.zero_shot import zero_shot_metrics  # noqa: E402
+from labelspace.model.spec import ModelSpec, build_model  # noqa: E402
+from labelspace.training.fit import held_out_labels, training_labels  # noqa: E402
+from labelspace.training.loop import extract_features, scores_from_features, train_model  # noqa: E402
 
 LR_GRID = (1e-3, 3e-3, 1e-2)
 PAPER = dict(normalize=False, center_words=False, learn_scale=False, variant="paper", margin=1.0,
@@ -99,33 +102,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_data(params: dict, cache: Path, vectors_path: Path):
-    """Manifest, images, labels and their word vectors, ingested with the library into `cache`."""
-    from labelspace.nuswide import ingest, read_manifest
-    from labelspace.preprocess import build_image_arrays, load_image_arrays
-    from labelspace.word_vectors import load_word_vectors, resolve_label_vectors
+def load_data(config: Config, cache: Path, vectors_path: Path):
+    """Manifest, images, labels and their word vectors, prepared by the pipeline's own code into `cache`."""
+    from labelspace.data.prepared import PreparedData
+    from labelspace.data.word_vectors import load_word_vectors, resolve_label_vectors
 
-    dataset = (ROOT / params["ingest"]["dataset"]).resolve()
-    manifest_path = cache / "manifest.parquet"
-    if not manifest_path.is_file():
-        ingest(dataset, manifest_path)
-    manifest, concepts = read_manifest(manifest_path)
-    size = params["ingest"]["image_size"]
-    images = load_image_arrays(build_image_arrays(manifest_path, dataset, size, cache / f"images-{size}"))
-    kv = load_word_vectors(vectors_path)
-    resolved = resolve_label_vectors(kv, concepts, params.get("embedding", {}).get("aliases") or {})
-    return manifest, images, resolved.labels, resolved.matrix
+    data = PreparedData(dataset=str(config.resolve(config.ingest.dataset)), version="ablation",
+                        image_size=config.ingest.image_size, cache_dir=str(cache))
+    manifest, concepts = data.manifest()
+    resolved = resolve_label_vectors(load_word_vectors(vectors_path), concepts, config.embedding.aliases)
+    return manifest, data.images(), resolved.labels, resolved.matrix
 
 
-def cached_features(config: TrainConfig, images, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def parts(config: Config, head: str, overrides: dict, n_labels: int, d: int, image_size: int):
+    """(ModelSpec, LossConfig, TrainConfig) of `config` with a row's flat `overrides` (k, margin, lr, ...)
+    sent to the section that holds each key."""
+    sections = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+    changes = {name: {k: v for k, v in overrides.items() if k in cls.__dataclass_fields__}
+               for name, cls in sections.items()}
+    unknown = set(overrides) - {k for c in changes.values() for k in c}
+    if unknown:
+        raise KeyError(f"row overrides name no params.yaml key: {sorted(unknown)}")
+    changed = config.replace(**changes)
+    spec = ModelSpec.from_config(changed.model, head=head, n_labels=n_labels, d=d, image_size=image_size)
+    return spec, changed.loss, changed.train
+
+
+def cached_features(config: Config, images, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-backbone features of every image, plain and mirrored, computed once per backbone."""
-    from labelspace.training import build_model
-
-    path = cache / f"features-{config.backbone}-{images.shape[0]}x{images.shape[1]}.pt"
+    backbone = config.model.backbone
+    path = cache / f"features-{backbone}-{images.shape[0]}x{images.shape[1]}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         return saved["plain"], saved["mirrored"]
-    model = build_model(TrainConfig(backbone=config.backbone), n_labels=1, d=1)
+    spec, _, _ = parts(config, "bce", {"freeze_backbone": True}, 1, 1, images.shape[1])
+    model = build_model(spec, pretrained=True, weights_path=config.model.weights_path)
     everything = np.arange(images.shape[0])
     plain = extract_features(model, images, everything, torch.device("cpu"), desc="features")
     mirrored = extract_features(model, images, everything, torch.device("cpu"), mirrored=True, desc="mirrored")
@@ -145,7 +156,7 @@ def evaluate_val(model, feats, vectors, targets, held_vectors=None, held_targets
     return row
 
 
-def run_row(name, head, overrides, lrs, seeds, base, data, feats, held):
+def run_row(name, head, overrides, lrs, seeds, base: Config, data, feats, held):
     labels, vectors, all_vectors, targets, splits = data
     plain, mirrored = feats
     train_idx, val_idx = splits["train"], splits["val"]
@@ -153,9 +164,11 @@ def run_row(name, head, overrides, lrs, seeds, base, data, feats, held):
     for lr in lrs:
         per_seed = []
         for seed in range(seeds):
-            config = TrainConfig(**{**base, **overrides, "head": head, "lr": lr, "seed": seed})
+            row_parts = parts(base, head, {"freeze_backbone": True, **overrides, "lr": lr, "seed": seed},
+                              len(labels), vectors.shape[1], base.ingest.image_size)
             start = time.perf_counter()
-            result = train_model(config, None, targets, train_idx, vectors,
+            result = train_model(*row_parts, None, targets, train_idx, vectors, pretrained=base.model.pretrained,
+                                 weights_path=base.model.weights_path,
                                  features=(plain[train_idx], mirrored[train_idx]))
             seconds = time.perf_counter() - start
             hv = ht = None
@@ -184,10 +197,11 @@ def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, see
     for name in rows:
         _, head, overrides, _ = ROWS[name]
         for lr, frozen, seed in itertools.product(lrs, (True, False) if with_frozen else (False,), range(seeds)):
-            config = TrainConfig(**{**base, **overrides, "head": head, "lr": lr, "epochs": epochs,
-                                    "freeze_backbone": frozen, "seed": seed})
+            row_parts = parts(base, head, {**overrides, "lr": lr, "epochs": epochs, "freeze_backbone": frozen,
+                                           "seed": seed}, len(labels), vectors.shape[1], images.shape[1])
             start = time.perf_counter()
-            result = train_model(config, images, targets, splits["train"], vectors)
+            result = train_model(*row_parts, images, targets, splits["train"], vectors,
+                                 pretrained=base.model.pretrained, weights_path=base.model.weights_path)
             seconds = time.perf_counter() - start
             feats = extract_features(result.model, images, val_idx, torch.device("cpu"))
             hv, ht = (held["vectors"], held["targets"][val_idx]) if head == "labelspace" else (None, None)
@@ -212,23 +226,21 @@ def markdown(table: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from labelspace.params import load_params
-    from labelspace.word_vectors import load_word_vectors, resolve_label_vectors
+    from labelspace.data.word_vectors import load_word_vectors, resolve_label_vectors
 
     args = parse_args(argv)
     torch.set_num_threads(int(os.environ.get("LABELSPACE_THREADS", "2")))
-    params = load_params(args.params)
+    base = load_config(args.params)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    manifest, images, labels, label_vectors = load_data(params, cache, ROOT / params["vectors"]["path"])
-    base = vars(TrainConfig.from_params(params))
-    base.pop("extra")
-    held_labels = list(params.get("evaluate", {}).get("zero_shot_labels", []))
-    keep = [i for i, label in enumerate(labels) if label not in held_labels]
+    manifest, images, labels, label_vectors = load_data(base, cache, base.resolve(base.vectors.path))
+    held_labels = held_out_labels(base.evaluate.zero_shot_labels, labels).labels
+    trained, _ = training_labels(labels, label_vectors, held_labels)
+    keep = [labels.index(label) for label in trained]
     held_idx = [labels.index(label) for label in held_labels]
     all_targets = target_matrix(manifest, labels)
-    splits = split_indices(manifest, params["train"].get("val_fraction", 0.1), params["train"].get("seed", 0))
-    feats = cached_features(TrainConfig(**base), images, cache)
+    splits = split_indices(manifest, base.train.val_fraction, base.train.seed)
+    feats = cached_features(base, images, cache)
 
     def data_for(vectors_matrix):
         held = {"labels": held_labels, "vectors": vectors_matrix[held_idx], "targets": all_targets[:, held_idx]}
@@ -243,14 +255,14 @@ def main(argv=None) -> int:
     for name in sorted(wanted, key=lambda n: not ROWS[n][3]):
         what, head, overrides, search = ROWS[name]
         data, held = data_for(label_vectors)
-        lrs = LR_GRID if search else (table.get("chosen", {}).get("lr", base["lr"]),)
+        lrs = LR_GRID if search else (table.get("chosen", {}).get("lr", base.train.lr),)
         table[name] = {"what": what, **run_row(name, head, overrides, lrs, args.seeds, base, data, feats, held)}
     table = {name: table[name] for name in wanted}
     if args.grid:
         groups = [(key, [float(v) if "." in v else int(v) for v in values.split(",")])
                   for key, values in (group.split("=") for group in args.grid.split(";"))]
         data, held = data_for(label_vectors)
-        lr = table.get("chosen", {}).get("lr", base["lr"])
+        lr = table.get("chosen", {}).get("lr", base.train.lr)
         for combo in itertools.product(*[values for _, values in groups]):
             overrides = dict(CHOSEN, **{key: value for (key, _), value in zip(groups, combo, strict=True)})
             name = "chosen " + " ".join(f"{key}={value:g}" for (key, _), value in zip(groups, combo, strict=True))
@@ -259,9 +271,9 @@ def main(argv=None) -> int:
     for spec in args.vectors:
         name, path = spec.split("=", 1)
         kv = load_word_vectors(path)
-        other = resolve_label_vectors(kv, labels, params.get("embedding", {}).get("aliases") or {}).matrix
+        other = resolve_label_vectors(kv, labels, base.embedding.aliases).matrix
         data, held = data_for(other)
-        lr = table.get("chosen", {}).get("lr", base["lr"])
+        lr = table.get("chosen", {}).get("lr", base.train.lr)
         for suffix, overrides in (("", CHOSEN), ("-uncentred", dict(CHOSEN, center_words=False))):
             table[f"{name}{suffix}"] = {"what": f"chosen{', words not centred' if suffix else ''}, {name} vectors "
                                                 f"(d={other.shape[1]})",

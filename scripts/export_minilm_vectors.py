@@ -91,9 +91,9 @@ class MiniLM:
 
 
 def main(argv=None) -> int:
-    from labelspace.nuswide import read_concepts
-    from labelspace.params import load_params
-    from labelspace.word_vectors import load_word_vectors, save_word_vectors
+    from labelspace.app import load_params
+    from labelspace.data.nuswide import read_concepts
+    from labelspace.data.word_vectors import load_word_vectors, save_word_vectors
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "data" / "vectors" / "minilm-l6-v2.bin"))

@@ -37,13 +37,15 @@ def _torch_threads():
 def tiny_dataset(tmp_path_factory):
     """A small real embedded dataset (Fashion-MNIST canvases in the NUS-WIDE layout), ingested and
     decoded at 32 px: (root, manifest, concepts, images)."""
-    from labelspace.nuswide import ingest, read_manifest
-    from labelspace.preprocess import build_image_arrays, load_image_arrays
-    from labelspace.sample import SampleConfig, build_sample
+    from support import sample_config
+
+    from labelspace.data.nuswide import ingest, read_manifest
+    from labelspace.data.preprocess import build_image_arrays, load_image_arrays
+    from labelspace.data.sample import build_sample
 
     base = tmp_path_factory.mktemp("tiny")
     root = base / "fashion-canvas"
-    build_sample(root, SampleConfig(n_train=96, n_test=32, seed=1))
+    build_sample(root, sample_config(n_train=96, n_test=32, seed=1))
     ingest(root, base / "manifest.parquet")
     manifest, concepts = read_manifest(base / "manifest.parquet")
     arrays = build_image_arrays(base / "manifest.parquet", root, 32, base / "images-32")
@@ -53,8 +55,30 @@ def tiny_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_vectors(tmp_path_factory) -> Path:
     """The packaged GloVe vectors, all 400k words (the garment names include rare ones), word2vec binary."""
-    from labelspace.word_vectors import export_glove
+    from labelspace.data.word_vectors import export_glove
 
     path = tmp_path_factory.mktemp("vectors") / "glove-6b-50d.bin"
     export_glove(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def project_config():
+    """The project's params.yaml, typed (labelspace.config): tests change fields with .replace()."""
+    from labelspace.config import load_config
+
+    return load_config(REPO_ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def recipe(project_config):
+    """recipe(head, n_labels, d, image_size, model={...}, loss={...}, train={...}) ->
+    (ModelSpec, LossConfig, TrainConfig): the project's defaults with the given fields changed."""
+    from labelspace.model.spec import ModelSpec
+
+    def make(head="labelspace", n_labels=4, d=8, image_size=32, model=None, loss=None, train=None):
+        config = project_config.replace(model=model or {}, loss=loss or {}, train=train or {})
+        spec = ModelSpec.from_config(config.model, head=head, n_labels=n_labels, d=d, image_size=image_size)
+        return spec, config.loss, config.train
+
+    return make

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from labelspace.artifacts import TrainedModel
-from labelspace.calibration import calibrated_probabilities, fit_calibration, threshold_metrics
+from labelspace.evaluation.calibration import calibrated_probabilities, fit_calibration, threshold_metrics
+from labelspace.model.bundle import TrainedModel
 
 
 def _synthetic(n_images=3000, n_labels=20, slope=2.0, intercept=-1.0, seed=0):
@@ -64,15 +63,19 @@ def test_scores_unrelated_to_the_labels_are_refused():
 
 
 def test_calibration_travels_with_the_saved_model(tmp_path):
+    from labelspace.model.spec import ModelSpec, build_model
+
     scores, targets = _synthetic(n_images=200)
     calibration = fit_calibration(scores, targets)
-    model = TrainedModel(config={"head": "bce"}, labels=["a", "b"], label_vectors=np.zeros((2, 3), np.float32),
-                         state_dict={"w": torch.ones(2)}, calibration=calibration)
+    spec = ModelSpec(head="bce", backbone="resnet18", k=1, d=3, n_labels=2, dropout=0.0, normalize=False,
+                     center_words=False, learn_scale=False, freeze_backbone=False, image_size=32)
+    model = TrainedModel(spec=spec, labels=["a", "b"], label_vectors=np.zeros((2, 3), np.float32),
+                         state_dict=build_model(spec).state_dict(), calibration=calibration)
     model.save(tmp_path)
-    assert json.loads((tmp_path / "model.json").read_text())["calibration"]["slope"] == calibration["slope"]
+    assert json.loads((tmp_path / "bundle.json").read_text())["calibration"]["slope"] == calibration["slope"]
     assert TrainedModel.load(tmp_path).calibration == calibration
-    # A model saved before calibration existed loads with none.
-    meta = json.loads((tmp_path / "model.json").read_text())
+    # A bundle without a calibration (no validation split) loads with none.
+    meta = json.loads((tmp_path / "bundle.json").read_text())
     del meta["calibration"]
-    (tmp_path / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "bundle.json").write_text(json.dumps(meta))
     assert TrainedModel.load(tmp_path).calibration == {}

@@ -1,9 +1,10 @@
-"""labelspace.download against a real HTTP server on 127.0.0.1 that serves every fault NUS-WIDE's
+"""labelspace.data.download against a real HTTP server on 127.0.0.1 that serves every fault NUS-WIDE's
 Flickr URLs show today. Only loopback is ever contacted: the URL list names Flickr hosts and
 `mirror` rewrites them to the local server."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -19,10 +20,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
+from support import project_config
 
 from labelspace.cli import main as cli_main
-from labelspace.download import (
+from labelspace.data.download import (
     OUTCOMES,
     TEMP_SUFFIX,
     download_nuswide,
@@ -37,6 +40,18 @@ MIN_BYTES = 600
 TIMEOUT = 1.0
 RETRIES = 2
 CHUNK = 1 << 16  # what download.py reads per iter_content step
+
+
+def download(urls_file, out_dir, **settings):
+    """download_nuswide with params.yaml's `download` section, some settings changed."""
+    return download_nuswide(urls_file, out_dir, **{**dataclasses.asdict(project_config().download), **settings})
+
+
+def write_params(path, **download):
+    """The project's params.yaml with `download` keys changed (params.yaml must be complete)."""
+    raw = project_config().params
+    path.write_text(yaml.safe_dump({**raw, "download": {**raw["download"], **download}}), encoding="utf-8")
+    return path
 
 
 def jpeg(seed: int, size=(48, 36), quality=90) -> bytes:
@@ -244,7 +259,7 @@ def faulty(tmp_path_factory):
     list_file = urls.write(tmp / "NUS-WIDE-urls.txt")
     settings = dict(mirror=server.url, workers=8, timeout=TIMEOUT, retries=RETRIES, backoff=0.01,
                     min_bytes=MIN_BYTES, placeholder_sha256=[hashlib.sha256(PLACEHOLDER).hexdigest()], progress=False)
-    first = download_nuswide(list_file, tmp / "nuswide", **settings)
+    first = download(list_file, tmp / "nuswide", **settings)
     # A request the client gave up on (the hanging route) may reach do_GET after download_nuswide
     # returned: count hits only once the server has seen as many requests as the client made.
     server.wait_until(lambda: sum(server.hits.values()) >= first["http_requests"], timeout=30)
@@ -312,7 +327,7 @@ def test_good_images_are_byte_identical_and_nothing_partial_remains(faulty):
 def test_rerun_fetches_no_image_again_and_retries_only_transient_failures(faulty):
     server, paths = faulty["server"], faulty["paths"]
     before = Counter(server.hits)
-    report = download_nuswide(faulty["list"], faulty["out"], **faulty["settings"])
+    report = download(faulty["list"], faulty["out"], **faulty["settings"])
     server.wait_until(lambda: sum(server.hits.values()) - sum(before.values()) >= report["http_requests"], 30)
     new = {path: n - before[path] for path, n in server.hits.items() if n > before[path]}
     transient = {p for p, r in server.routes.items() if r[0] in ("hang", "drop") or r == ("status", 500)}
@@ -330,12 +345,12 @@ def test_retry_failed_and_a_new_mirror_try_permanent_failures_again(tmp_path):
         urls.add("cat", 2001, middle=("status", 404))
         list_file = urls.write(tmp_path / "urls.txt")
         run = dict(mirror=server.url, retries=0, progress=False)
-        download_nuswide(list_file, tmp_path / "out", **run)
-        download_nuswide(list_file, tmp_path / "out", **run)
+        download(list_file, tmp_path / "out", **run)
+        download(list_file, tmp_path / "out", **run)
         assert server.image_hits() == 1
-        download_nuswide(list_file, tmp_path / "out", **run, retry_failed=True)
+        download(list_file, tmp_path / "out", **run, retry_failed=True)
         assert server.image_hits() == 2
-        download_nuswide(list_file, tmp_path / "out", **{**run, "mirror": server.url + "/"})
+        download(list_file, tmp_path / "out", **{**run, "mirror": server.url + "/"})
         assert server.image_hits() == 2  # same URLs after rewriting: still remembered
     finally:
         server.close()
@@ -350,7 +365,7 @@ def test_cli_reads_params_lets_flags_override_and_exits_zero_despite_faults(tmp_
         urls.add("cat", 4002, middle=("status", 404))
         list_file = urls.write(tmp_path / "urls.txt")
         params = tmp_path / "params.yaml"
-        params.write_text(f"download:\n  min_bytes: {len(photo) + 1}\n  retries: 0\n")
+        write_params(params, min_bytes=len(photo) + 1, retries=0)
         monkeypatch.setenv("LABELSPACE_PARAMS", str(params))
         base = ["download", "--urls", str(list_file), "--out", str(tmp_path / "out"), "--mirror", server.url,
                 "--no-progress", "--report", str(tmp_path / "report.json")]
@@ -365,9 +380,9 @@ def test_cli_reads_params_lets_flags_override_and_exits_zero_despite_faults(tmp_
         assert (report["counts"]["downloaded"], report["counts"]["not_found"]) == (1, 1)
         assert not (tmp_path / "out" / "download-report.json").exists()
 
-        params.write_text("download:\n  min_byte: 10\n")
+        write_params(params, min_byte=10)
         assert cli_main(base) == 2
-        assert "unknown key(s) min_byte" in capsys.readouterr().err
+        assert "unknown key download.min_byte" in capsys.readouterr().err
     finally:
         server.close()
 
@@ -417,8 +432,7 @@ def test_killed_download_leaves_no_partial_image_and_completes_on_restart(tmp_pa
         list_file = urls.write(tmp_path / "NUS-WIDE-urls.txt")
         # Settings come from a params.yaml, as in the DVC stage; the command line adds the mirror. The
         # timeout outlasts the test, so a stalled body stays stalled until the kill.
-        (tmp_path / "params.yaml").write_text(
-            f"download:\n  workers: {workers}\n  retries: 0\n  min_bytes: 600\n  timeout: 600\n")
+        write_params(tmp_path / "params.yaml", workers=workers, retries=0, min_bytes=600, timeout=600)
         out = tmp_path / "nuswide"
         command = [sys.executable, "-m", "labelspace", "download", "--urls", str(list_file), "--out", str(out),
                    "--mirror", server.url, "--no-progress"]
@@ -457,7 +471,7 @@ def test_killed_download_leaves_no_partial_image_and_completes_on_restart(tmp_pa
                 for p in left_behind} == set(stalled_paths[:workers])
 
         server.release.set()  # from now on every body is served whole
-        report = download_nuswide(list_file, out, mirror=server.url, workers=4, retries=0, min_bytes=600,
+        report = download(list_file, out, mirror=server.url, workers=4, retries=0, min_bytes=600,
                                   progress=False)
         assert report["stale_temp_files_removed"] == workers
         assert report["counts"]["present"] == whole
@@ -468,7 +482,7 @@ def test_killed_download_leaves_no_partial_image_and_completes_on_restart(tmp_pa
             assert (out / relpath).read_bytes() == body and is_present(out / relpath, 600)
 
         hits = server.image_hits()
-        again = download_nuswide(list_file, out, mirror=server.url, min_bytes=600, progress=False)
+        again = download(list_file, out, mirror=server.url, min_bytes=600, progress=False)
         assert server.image_hits() == hits and again["http_requests"] == 0
         assert again["counts"]["present"] == total
     finally:

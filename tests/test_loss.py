@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labelspace.loss import bce_loss, hinge_rank_loss, sample_negatives
-from labelspace.model import LabelSpaceModel
+from labelspace.model.networks import LabelSpaceModel
+from labelspace.training.loss import bce_loss, hinge_rank_loss, sample_negatives
 
 
 def reference_loss(distances, targets, margin, negative_mask):
@@ -136,7 +136,8 @@ def test_bce_loss_is_binary_cross_entropy_of_sigmoid():
 
 def test_every_parameter_of_the_model_gets_a_gradient():
     torch.manual_seed(0)
-    model = LabelSpaceModel("efficientnet_lite0", k=4, d=8, pretrained=True, freeze_backbone=False)
+    model = LabelSpaceModel(backbone="efficientnet_lite0", k=4, d=8, pretrained=True, freeze_backbone=False, dropout=0.0,
+                            normalize=False, center_words=False, learn_scale=False)
     model.train()
     images = torch.randn(2, 3, 32, 32)
     label_vectors = torch.randn(5, 8)

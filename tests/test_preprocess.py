@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import sample_config
 
 from labelspace import cli
-from labelspace.nuswide import ingest, read_manifest
-from labelspace.preprocess import build_image_arrays, load_image_arrays
-from labelspace.sample import SampleConfig, build_sample
+from labelspace.data.nuswide import ingest, read_manifest
+from labelspace.data.preprocess import build_image_arrays, load_image_arrays
+from labelspace.data.sample import build_sample
 
-FASHION_MNIST = Path(SampleConfig().source)
+FASHION_MNIST = Path(sample_config().source)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def dataset(tmp_path_factory):
     if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make system-packages)")
     root = tmp_path_factory.mktemp("pre") / "ds"
-    build_sample(root, SampleConfig(n_train=12, n_test=4, blank_fraction=0.2))
+    build_sample(root, sample_config(n_train=12, n_test=4, blank_fraction=0.2))
     odd = next((root / "Flickr" / "casual").glob("*.jpg"))
     colours = np.random.default_rng(0).integers(0, 256, size=(30, 50, 3), dtype=np.uint8)
     Image.fromarray(colours).save(odd, format="JPEG", quality=90)

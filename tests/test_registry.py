@@ -21,17 +21,16 @@ import mlflow
 import numpy as np
 import pytest
 import requests
-import torch
 from mlflow import MlflowClient
 from PIL import Image
+from support import labelspace_bundle
 
 from labelspace.cli import main as cli_main
-from labelspace.lineage import LINEAGE_KEYS, code_version, lineage_tags
-from labelspace.model import LabelSpaceModel
-from labelspace.registry import alias_holder, find_version_by_tag, promote, register_model
-from labelspace.serving import log_labelspace_model
-from labelspace.tracking import artifact_root, ensure_experiment, tracking_uri
-from labelspace.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
+from labelspace.data.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
+from labelspace.lifecycle.lineage import LINEAGE_KEYS, code_version, lineage_tags
+from labelspace.lifecycle.registry import alias_holder, find_version_by_tag, promote, register_model
+from labelspace.lifecycle.tracking import artifact_root, ensure_experiment, tracking_uri
+from labelspace.serving.pyfunc import log_labelspace_model
 
 FASHION_TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 LABELS = ["dress", "shirt", "bag", "coat"]
@@ -54,11 +53,10 @@ def build_and_log(tmp: Path, experiment: str, zenml_run_id: str) -> SimpleNamesp
     export_glove(tmp / "glove.bin", limit=10_000)
     kv = load_word_vectors(tmp / "glove.bin")
     vectors = resolve_label_vectors(kv, LABELS)
-    torch.manual_seed(0)
-    model = LabelSpaceModel(backbone="efficientnet_lite0", k=4, d=50, pretrained=True, freeze_backbone=True)
+    bundle, _ = labelspace_bundle(vectors.labels, vectors.matrix)
     with mlflow.start_run(experiment_id=ensure_experiment(experiment)):
         info = log_labelspace_model(
-            model, vectors.labels, vectors.matrix, {"backbone": "efficientnet_lite0", "image_size": 64},
+            bundle,
             open_vocabulary=(list(kv.index_to_key[:2000]), kv.vectors[:2000]),
         )
     tags = lineage_tags(

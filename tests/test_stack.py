@@ -10,7 +10,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import json, logging, sys
-    from pipelines.stack import STACK, TRACKER, ensure_stack
+    from labelspace.pipelines.stack import STACK, TRACKER, ensure_stack
     from zenml.client import Client
     from zenml.enums import StackComponentType
     seen = []

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from labelspace.dataset import split_indices, target_matrix
-from labelspace.training import TrainConfig, predict_scores, train_model
+from labelspace.data.splits import split_indices, target_matrix
+from labelspace.training.loop import predict_scores, train_model
 
-CONFIG = dict(k=4, epochs=4, batch_size=16, lr=1e-3, freeze_backbone=True, mirror=True, seed=3)
+MODEL = {"k": 4, "freeze_backbone": True}
+TRAIN = {"epochs": 4, "batch_size": 16, "lr": 1e-3, "mirror": True, "seed": 3}
 
 
 def _inputs(tiny_dataset):
@@ -27,11 +28,11 @@ def _inputs(tiny_dataset):
 
 
 @pytest.mark.parametrize("head", ["labelspace", "bce"])
-def test_training_lowers_the_loss_and_logs_every_epoch(tiny_dataset, head):
+def test_training_lowers_the_loss_and_logs_every_epoch(tiny_dataset, recipe, head):
     images, targets, train_idx, vectors = _inputs(tiny_dataset)
     seen = []
-    result = train_model(TrainConfig(head=head, **{**CONFIG, "epochs": 3}), images, targets, train_idx, vectors,
-                         on_epoch=lambda e, r: seen.append(e))
+    parts = recipe(head, n_labels=len(vectors), model=MODEL, train={**TRAIN, "epochs": 3})
+    result = train_model(*parts, images, targets, train_idx, vectors, on_epoch=lambda e, r: seen.append(e))
     assert seen == [1, 2, 3]
     losses = [r["loss"] for r in result.history]
     assert losses[-1] < losses[0]
@@ -39,29 +40,33 @@ def test_training_lowers_the_loss_and_logs_every_epoch(tiny_dataset, head):
     assert scores.shape == (5, len(vectors)) and np.isfinite(scores).all()
 
 
-def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tiny_dataset, tmp_path):
+def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tiny_dataset, recipe, repo_root, tmp_path):
     images, targets, train_idx, vectors = _inputs(tiny_dataset)
+    parts = recipe(n_labels=len(vectors), model=MODEL, train=TRAIN)
     np.save(tmp_path / "images.npy", np.asarray(images))
     np.save(tmp_path / "targets.npy", targets)
     np.save(tmp_path / "train_idx.npy", train_idx)
     np.save(tmp_path / "vectors.npy", vectors)
     torch.set_num_threads(1)  # same reduction order in both processes
-    reference = train_model(TrainConfig(**CONFIG), images, targets, train_idx, vectors,
-                            checkpoint_dir=tmp_path / "reference")
+    reference = train_model(*parts, images, targets, train_idx, vectors, checkpoint_dir=tmp_path / "reference")
 
     # The same training in another process, killed (SIGKILL, no clean-up) once epoch 2 is checkpointed.
     script = textwrap.dedent(f"""
         import sys, time, numpy as np, torch
         torch.set_num_threads(1)
-        from labelspace.training import TrainConfig, train_model
+        from labelspace.config import load_config
+        from labelspace.model.spec import ModelSpec
+        from labelspace.training.loop import train_model
         d = {str(tmp_path)!r}
+        config = load_config({str(repo_root / "params.yaml")!r}).replace(model={MODEL!r}, train={TRAIN!r})
+        spec = ModelSpec(**{parts[0].to_dict()!r})
         def on_epoch(epoch, record):
             print("epoch", epoch, flush=True)
         def slow_validate(model, epoch):
             if epoch >= 3:
                 time.sleep(600)  # stands in for a long epoch; the parent kills us here
             return {{}}
-        train_model(TrainConfig(**{CONFIG!r}), np.load(d + "/images.npy"), np.load(d + "/targets.npy"),
+        train_model(spec, config.loss, config.train, np.load(d + "/images.npy"), np.load(d + "/targets.npy"),
                     np.load(d + "/train_idx.npy"), np.load(d + "/vectors.npy"), checkpoint_dir=d + "/crash",
                     on_epoch=on_epoch, validate=slow_validate)
     """)
@@ -81,8 +86,7 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tiny_datas
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
-    resumed = train_model(TrainConfig(**CONFIG), images, targets, train_idx, vectors,
-                          checkpoint_dir=tmp_path / "crash")
+    resumed = train_model(*parts, images, targets, train_idx, vectors, checkpoint_dir=tmp_path / "crash")
     assert resumed.resumed_from_epoch in (2, 3)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     for name, value in reference.model.state_dict().items():
@@ -90,17 +94,23 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tiny_datas
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in reference.history], rel=1e-5)
 
 
-def test_a_finished_run_is_not_trained_again(tiny_dataset, tmp_path):
+def test_a_finished_run_is_not_trained_again_unless_resume_is_off(tiny_dataset, recipe, tmp_path):
     images, targets, train_idx, vectors = _inputs(tiny_dataset)
-    config = TrainConfig(**{**CONFIG, "epochs": 2})
-    first = train_model(config, images, targets, train_idx, vectors, checkpoint_dir=tmp_path)
+    parts = recipe(n_labels=len(vectors), model=MODEL, train={**TRAIN, "epochs": 2})
+    first = train_model(*parts, images, targets, train_idx, vectors, checkpoint_dir=tmp_path)
     calls = []
-    again = train_model(config, images, targets, train_idx, vectors, checkpoint_dir=tmp_path,
+    again = train_model(*parts, images, targets, train_idx, vectors, checkpoint_dir=tmp_path,
                         on_epoch=lambda e, r: calls.append(e))
     assert calls == [] and again.resumed_from_epoch == 2
     for name, value in first.model.state_dict().items():
         assert torch.equal(again.model.state_dict()[name], value)
     # A different configuration never picks up that checkpoint.
-    other = train_model(TrainConfig(**{**CONFIG, "epochs": 2, "lr": 5e-4}), images, targets, train_idx, vectors,
-                        checkpoint_dir=tmp_path)
+    other = train_model(*recipe(n_labels=len(vectors), model=MODEL, train={**TRAIN, "epochs": 2, "lr": 5e-4}),
+                        images, targets, train_idx, vectors, checkpoint_dir=tmp_path)
     assert other.resumed_from_epoch == 0
+    # resume=False (`labelspace run --no-cache`) trains again from scratch, to the same weights.
+    fresh = train_model(*parts, images, targets, train_idx, vectors, checkpoint_dir=tmp_path, resume=False,
+                        on_epoch=lambda e, r: calls.append(e))
+    assert calls == [1, 2] and fresh.resumed_from_epoch == 0
+    for name, value in first.model.state_dict().items():
+        torch.testing.assert_close(fresh.model.state_dict()[name], value, msg=name)

@@ -6,14 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from labelspace.artifacts import TrainedModel
-from labelspace.dataset import split_indices, target_matrix
-from labelspace.loss import hinge_rank_loss, threshold_loss
-from labelspace.model import LabelSpaceModel
-from labelspace.training import TrainConfig, build_model, compute_loss, extract_features, train_model
+from labelspace.data.splits import split_indices, target_matrix
+from labelspace.model.bundle import TrainedModel
+from labelspace.model.spec import ModelSpec, build_model
+from labelspace.training.loop import compute_loss, extract_features, train_model
+from labelspace.training.loss import hinge_rank_loss, threshold_loss
 
-VARIANT = dict(normalize=True, center_words=True, learn_scale=True, variant="pairwise", margin=0.1,
-               threshold=0.1, threshold_weight=1.0)
+VARIANT_MODEL = {"normalize": True, "center_words": True, "learn_scale": True}
+VARIANT_LOSS = {"variant": "pairwise", "margin": 0.1, "threshold": 0.1, "threshold_weight": 1.0}
+PAPER_MODEL = {"normalize": False, "center_words": False, "learn_scale": False}
+PAPER_LOSS = {"variant": "paper", "margin": 1.0, "n_negatives": 40, "threshold_weight": 0.0, "rank_weight": 1.0}
+
+
+def _spec(**changes) -> ModelSpec:
+    base = dict(head="labelspace", backbone="resnet18", k=3, d=5, n_labels=4, dropout=0.0, normalize=False,
+                center_words=False, learn_scale=False, freeze_backbone=False, image_size=32)
+    return ModelSpec(**{**base, **changes})
 
 
 def _batch(seed=0, batch=5, n_labels=6):
@@ -66,24 +74,21 @@ def test_an_unknown_rank_variant_names_the_param():
         hinge_rank_loss(torch.zeros(1, 2), torch.ones(1, 2), variant="warp")
 
 
-def test_paper_config_loss_is_exactly_the_paper_hinge():
-    """Defaults of TrainConfig are the paper's method: its loss is eq. 3 and nothing else."""
-    config = TrainConfig(k=2, pretrained=False)
-    assert (config.normalize, config.center_words, config.variant, config.threshold_weight) == (
-        False, False, "paper", 0.0)
-    model = build_model(config, n_labels=4, d=3)
+def test_the_paper_variant_loss_is_exactly_the_paper_hinge(recipe):
+    """model/loss sections set to the paper's method give eq. 3 and nothing else."""
+    spec, loss_config, _ = recipe(n_labels=4, d=3, model={**PAPER_MODEL, "k": 2}, loss=PAPER_LOSS)
+    model = build_model(spec)
     g = torch.Generator().manual_seed(0)
     A, W = torch.randn(6, 2, 3, generator=g), torch.randn(4, 3, generator=g)
     targets = (torch.rand(6, 4, generator=g) < 0.5).float()
-    loss, _ = compute_loss(config, model, A, targets, W, torch.Generator().manual_seed(1))
+    loss, _ = compute_loss(spec, loss_config, model, A, targets, W, torch.Generator().manual_seed(1))
     reference = hinge_rank_loss((A @ W.t()).pow(2).sum(1), targets, margin=1.0, n_negatives=40)
     assert float(loss) == pytest.approx(float(reference), rel=1e-6)
 
 
 def test_normalized_centred_distances_equal_an_explicit_computation():
     torch.manual_seed(0)
-    model = LabelSpaceModel("resnet18", k=3, d=5, pretrained=False, normalize=True, center_words=True,
-                            learn_scale=True).eval()
+    model = build_model(_spec(normalize=True, center_words=True, learn_scale=True)).eval()
     W = torch.randn(4, 5)
     model.set_word_center(W[:3])
     with torch.no_grad():
@@ -101,60 +106,66 @@ def test_normalized_centred_distances_equal_an_explicit_computation():
     # Without the learned scale, D lies in [0, 1]: ||Â ŵ||² <= ||Â||_F² ||ŵ||² = 1.
     assert float((D / np.exp(0.7)).max()) <= 1.0 + 1e-6
     with pytest.raises(ValueError, match="center_words"):
-        LabelSpaceModel("resnet18", k=3, d=5, pretrained=False).set_word_center(W)
+        build_model(_spec()).set_word_center(W)
 
 
-def test_trained_variant_rebuilds_exactly_from_its_config(tmp_path):
-    """TrainedModel.build() and LabelSpaceModel.from_config() (what serving uses) give the same scores."""
-    config = TrainConfig(backbone="resnet18", pretrained=False, k=3, **VARIANT)
+@pytest.mark.parametrize("head", ["labelspace", "bce"])
+def test_a_trained_model_rebuilds_exactly_from_its_bundle(tmp_path, head):
+    """build_model(spec) + the saved state_dict (what the materializer and serving do) give the same scores."""
+    spec = _spec(head=head, **VARIANT_MODEL)
     torch.manual_seed(1)
-    model = build_model(config, n_labels=4, d=5)
+    model = build_model(spec)
     W = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
-    model.set_word_center(torch.from_numpy(W))
-    with torch.no_grad():
-        model.log_scale.fill_(0.3)
-    trained = TrainedModel(config=vars(config).copy(), labels=list("abcd"), label_vectors=W,
-                           state_dict=model.state_dict())
+    if head == "labelspace":
+        model.set_word_center(torch.from_numpy(W))
+        with torch.no_grad():
+            model.log_scale.fill_(0.3)
+        assert {"word_center", "log_scale"} <= set(model.state_dict())
+    trained = TrainedModel(spec=spec, labels=list("abcd"), label_vectors=W, state_dict=model.state_dict(),
+                           calibration={"slope": 1.0})
     trained.save(tmp_path)
-    rebuilt = TrainedModel.load(tmp_path).build()
-    served = LabelSpaceModel.from_config({**vars(config), "d": 5})
-    served.load_state_dict(model.state_dict())
+    loaded = TrainedModel.load(tmp_path)
+    assert loaded.spec == spec and loaded.calibration == {"slope": 1.0}
+    assert loaded.content_hash() == trained.content_hash()
+    rebuilt = loaded.build()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        expected = model.eval().scores(images, torch.from_numpy(W))
-        assert torch.allclose(rebuilt.scores(images, torch.from_numpy(W)), expected)
-        assert torch.allclose(served.eval().scores(images, torch.from_numpy(W)), expected)
-    assert {"word_center", "log_scale"} <= set(model.state_dict())
+        args = (torch.from_numpy(W),) if head == "labelspace" else ()
+        torch.testing.assert_close(rebuilt.scores(images, *args), model.eval().scores(images, *args))
 
 
-def test_a_config_saved_before_the_variants_existed_builds_the_paper_model():
-    old = {"head": "labelspace", "backbone": "resnet18", "pretrained": False, "k": 2, "margin": 1.0}
-    model = LabelSpaceModel.from_config({**old, "d": 3})
-    assert (model.normalize, model.center_words, model.learn_scale) == (False, False, False)
-    assert set(model.state_dict()) == set(LabelSpaceModel("resnet18", k=2, d=3, pretrained=False).state_dict())
+def test_a_bundle_of_another_format_is_a_clear_error(tmp_path):
+    import json
+
+    spec = _spec()
+    TrainedModel(spec=spec, labels=list("abcd"), label_vectors=np.zeros((4, 5), np.float32),
+                 state_dict=build_model(spec).state_dict()).save(tmp_path)
+    meta = json.loads((tmp_path / "bundle.json").read_text())
+    (tmp_path / "bundle.json").write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(ValueError, match="bundle format 1, this labelspace reads 2"):
+        TrainedModel.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a labelspace model bundle: no weights.pt"):
+        (tmp_path / "weights.pt").unlink() or TrainedModel.load(tmp_path)
+    with pytest.raises(ValueError, match="unknown head 'svm'"):
+        _spec(head="svm")
 
 
-def test_from_params_reads_the_variant_keys():
-    params = {"model": {"k": 4, "normalize": True, "center_words": True}, "loss": {"variant": "pairwise",
-              "margin": 0.1, "threshold": 0.2, "threshold_weight": 0.5, "rank_weight": 1.0}, "train": {"lr": 0.003}}
-    config = TrainConfig.from_params(params)
-    assert (config.normalize, config.variant, config.threshold, config.threshold_weight) == (True, "pairwise", 0.2, 0.5)
-
-
-def test_training_on_precomputed_features_equals_training_on_images(tiny_dataset):
+def test_training_on_precomputed_features_equals_training_on_images(tiny_dataset, recipe):
     """The ablation study trains on cached features: the same run as the pipeline's, bit for bit."""
     _, manifest, concepts, images = tiny_dataset
     vectors = np.random.default_rng(0).normal(size=(len(concepts), 8)).astype(np.float32)
     targets, train_idx = target_matrix(manifest, concepts), split_indices(manifest, 0.1)["train"]
-    config = TrainConfig(k=4, epochs=2, batch_size=16, seed=2, **VARIANT)
-    direct = train_model(config, images, targets, train_idx, vectors)
+    model = {**VARIANT_MODEL, "k": 4, "freeze_backbone": True}
+    parts = recipe(n_labels=len(concepts), model=model, loss=VARIANT_LOSS,
+                   train={"epochs": 2, "batch_size": 16, "seed": 2})
+    direct = train_model(*parts, images, targets, train_idx, vectors)
     device = torch.device("cpu")
     features = (extract_features(direct.model, images, train_idx, device),
                 extract_features(direct.model, images, train_idx, device, mirrored=True))
-    cached = train_model(config, None, targets, train_idx, vectors, features=features)
+    cached = train_model(*parts, None, targets, train_idx, vectors, features=features)
     for name, value in direct.model.state_dict().items():
         torch.testing.assert_close(cached.model.state_dict()[name], value, msg=name)
     assert [r["loss"] for r in cached.history] == pytest.approx([r["loss"] for r in direct.history])
     with pytest.raises(ValueError, match="freeze_backbone"):
-        train_model(TrainConfig(**{**vars(config), "freeze_backbone": False}), None, targets, train_idx, vectors,
-                    features=features)
+        train_model(*recipe(n_labels=len(concepts), model={**model, "freeze_backbone": False}), None, targets,
+                    train_idx, vectors, features=features)

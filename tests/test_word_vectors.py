@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from support import project_config
 
-from labelspace.word_vectors import (
+from labelspace.data.word_vectors import (
     MissingWordVectorsError,
     export_glove,
     glove_package_files,
@@ -172,11 +174,12 @@ def test_export_vectors_command(tmp_path):
 
 
 def test_export_vectors_reads_its_defaults_from_params_yaml(tmp_path, monkeypatch):
-    from labelspace.word_vectors_cli import run_cli
+    from labelspace.cli.vectors import run_cli
 
     out = tmp_path / "from-params.bin"
     params = tmp_path / "params.yaml"
-    params.write_text(f"vectors:\n  path: {out}\n  limit: 20\n", encoding="utf-8")
+    raw = project_config().params
+    params.write_text(yaml.safe_dump({**raw, "vectors": {"path": str(out), "limit": 20}}), encoding="utf-8")
     monkeypatch.setenv("LABELSPACE_PARAMS", str(params))
     assert run_cli(argparse.Namespace(out=None, limit=None, text=False)) == 0
     assert is_word2vec_binary(out) is True

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from labelspace.metrics import average_precision, topk_metrics
-from labelspace.zero_shot import (
+from labelspace.evaluation.metrics import average_precision, topk_metrics
+from labelspace.evaluation.zero_shot import (
     chance_mean_average_precision,
     chance_topk_metrics,
     expected_average_precision,

@@ -1,0 +1,65 @@
+"""`labelspace` command line. Each subcommand is one module of this package, defining
+`configure_parser(parser)` and `run_cli(args) -> int`; a module is imported only when its command
+runs, so `labelspace --help` stays fast. Commands call the library; they hold no decisions."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module under labelspace.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "export-vectors": ("vectors", "export the packaged GloVe 6B 50-d vectors to word2vec format"),
+    "sample": ("sample", "build the embedded Fashion-MNIST dataset in the NUS-WIDE layout"),
+    "ingest": ("ingest", "read a NUS-WIDE-layout dataset into a parquet manifest and a report"),
+    "preprocess": ("preprocess", "decode a manifest's images once into memory-mapped uint8 arrays"),
+    "download": ("download", "fetch the images of a NUS-WIDE-urls.txt into the release layout"),
+    "data-version": ("data_version", "print the DVC data version of a tracked path"),
+    "setup-stack": ("setup_stack", "register the ZenML stack (local orchestrator, MLflow tracker and registry)"),
+    "run": ("run", "run the training pipeline (ingest, embed, train, evaluate, register)"),
+    "report": ("report", "print the metrics table and how to open the MLflow UI"),
+    "promote": ("promote", "move an alias (default champion) to a registered model version"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labelspace", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((a for a in sys.argv[1:] if a in COMMANDS), None)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == chosen:  # only the chosen command's module is imported
+            importlib.import_module(f"labelspace.cli.{module}").configure_parser(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from labelspace.app import telemetry_off
+
+    telemetry_off()
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    args = build_parser().parse_args()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    # A level on the handler too: libraries that log at DEBUG on their own loggers propagate here.
+    handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.basicConfig(level=handler.level, handlers=[handler])
+    module = importlib.import_module(f"labelspace.cli.{COMMANDS[args.command][0]}")
+    try:
+        return int(module.run_cli(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        print(f"labelspace {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # MLflow's errors (bad version, unreachable server) without importing mlflow here
+        if type(e).__name__ != "MlflowException":
+            raise
+        print(f"labelspace {args.command}: MLflow error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

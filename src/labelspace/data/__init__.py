@@ -1,0 +1,1 @@
+"""Data: the NUS-WIDE layout, the embedded sample, download, preprocessing, splits, word vectors, data versions."""

@@ -1,0 +1,65 @@
+"""A dataset prepared for training: its manifest and its decoded images, cached by data version.
+
+`data/cache/<data version>/` holds the manifest (`labelspace ingest`) and the images decoded once at
+one size (`labelspace preprocess`). This is the one owner of that cache: it is content-addressed by
+the data version and the image size, built on first use, and rebuilt whenever a piece is missing, so
+a step that ZenML took from its cache never hands on a path to files that are gone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labelspace.data.nuswide import ingest, read_manifest, report_path
+from labelspace.data.preprocess import build_image_arrays, load_image_arrays
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    dataset: str  # absolute path of the dataset in the NUS-WIDE layout
+    version: str  # its DVC hash (or a fingerprint when DVC does not track it)
+    image_size: int
+    cache_dir: str
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.cache_dir) / self.version.replace("/", "_")
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / "manifest.parquet"
+
+    @property
+    def arrays_dir(self) -> Path:
+        return self.folder / f"images-{self.image_size}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def ensure(self) -> dict[str, Any]:
+        """Ingest and decode what is not cached yet; returns the ingest report."""
+        if not self.manifest_path.is_file() or not report_path(self.manifest_path).is_file():
+            ingest(self.dataset, self.manifest_path)
+        build_image_arrays(self.manifest_path, self.dataset, self.image_size, self.arrays_dir,
+                           data_version=self.version)
+        return json.loads(report_path(self.manifest_path).read_text(encoding="utf-8"))
+
+    def manifest(self) -> tuple[pd.DataFrame, list[str]]:
+        if not self.manifest_path.is_file():
+            self.ensure()
+        return read_manifest(self.manifest_path)
+
+    def images(self) -> np.ndarray:
+        """(N, S, S, 3) uint8, memory-mapped, in manifest row order."""
+        self.ensure()
+        return load_image_arrays(self.arrays_dir)
+
+
+def prepared(data: dict[str, Any] | PreparedData) -> PreparedData:
+    return data if isinstance(data, PreparedData) else PreparedData(**data)

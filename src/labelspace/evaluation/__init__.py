@@ -1,0 +1,1 @@
+"""Evaluation: metrics, calibration, zero-shot, the report and its plots."""

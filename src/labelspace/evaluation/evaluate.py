@@ -1,0 +1,107 @@
+"""evaluate_models: the test-split report of the label space and its BCE baseline, and its figures.
+
+The report is what `reports/metrics.json` holds (schema in labelspace.evaluation.report): top-k,
+mAP and the thresholded decision of each head over the trained labels, the zero-shot figures of the
+held-out labels beside exact chance, and what was evaluated. No ZenML and no MLflow here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labelspace.config import EvaluateConfig
+from labelspace.data.splits import split_indices, target_matrix
+from labelspace.evaluation import plots
+from labelspace.evaluation.calibration import calibrated_probabilities
+from labelspace.evaluation.metrics import per_class_f1
+from labelspace.evaluation.report import evaluate_scores
+from labelspace.evaluation.zero_shot import zero_shot_metrics
+from labelspace.model.bundle import TrainedModel
+from labelspace.training.fit import HeldOut
+from labelspace.training.loop import extract_features, resolve_device, scores_from_features
+
+HEADS = ("labelspace", "bce")
+
+
+def evaluate_models(
+    manifest: pd.DataFrame,
+    images: np.ndarray,
+    models: dict[str, TrainedModel],
+    labels: list[str],
+    label_vectors: np.ndarray,
+    config: EvaluateConfig,
+    held_out: HeldOut,
+    *,
+    device: str = "auto",
+    feature_batch_size: int = 128,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(report, figures by file name) for `models` {"labelspace": ..., "bce": ...} on the test split.
+
+    `labels`/`label_vectors` are every concept of the dataset; the held-out ones (never trained on)
+    are ranked alone by the label space under "zero_shot".
+    """
+    ks = tuple(config.top_k)
+    test_idx = split_indices(manifest)["test"]
+    dev = resolve_device(device)
+    report: dict[str, Any] = {}
+    f1_bars: dict[str, np.ndarray] = {}
+    reliability: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    labelspace_model = models["labelspace"]
+    zero_shot_labels = [label for label in held_out.labels if label not in labelspace_model.labels]
+    report["zero_shot"] = {"labels": [], "note": "no label held out: evaluate.zero_shot_labels names no "
+                                                 "concept of this dataset"}
+    for name in HEADS:
+        trained = models[name]
+        model = trained.build().to(dev)
+        feats = extract_features(model, images, test_idx, dev, feature_batch_size, desc=f"{name} test features")
+        scores = scores_from_features(model, feats, trained.label_vectors, dev)
+        targets = target_matrix(manifest.iloc[test_idx], trained.labels)
+        report[name] = evaluate_scores(scores, targets, ks, trained.calibration)
+        f1_bars[name] = per_class_f1(scores, targets, ks[0])
+        if trained.calibration:
+            reliability[name] = (calibrated_probabilities(scores, trained.calibration), targets)
+        if name == "labelspace" and zero_shot_labels:
+            report["zero_shot"] = _zero_shot(model, feats, manifest.iloc[test_idx], labels, label_vectors,
+                                             zero_shot_labels, dev)
+    if held_out.not_concepts:
+        report["zero_shot"]["not_concepts"] = list(held_out.not_concepts)
+    report["data"] = {"n_test_images": int(len(test_idx)),
+                      "n_test_images_without_labels": report["labelspace"][f"top{ks[0]}"]["n_images_without_labels"],
+                      "evaluated_labels": list(labelspace_model.labels), "held_out_labels": zero_shot_labels}
+    figures = {
+        "per_class_f1.png": plots.per_class_f1_bars(labelspace_model.labels, f1_bars, ks[0]),
+        "training_curves.png": plots.training_curves({name: models[name].history for name in HEADS}),
+        "label_vectors.png": plots.label_vector_map(labels, label_vectors, highlight=zero_shot_labels),
+    }
+    if reliability:
+        figures["reliability.png"] = plots.reliability_diagram(reliability)
+    return report, figures
+
+
+def _zero_shot(model, feats, test_rows: pd.DataFrame, labels: list[str], label_vectors: np.ndarray,
+               held_out: list[str], device) -> dict[str, Any]:
+    rows = [labels.index(label) for label in held_out]
+    scores = scores_from_features(model, feats, label_vectors[rows], device)
+    targets = target_matrix(test_rows, held_out)
+    if not targets.any():
+        return {"labels": held_out, "n_images": 0, "note": "no test image holds a held-out label: nothing to rank"}
+    return {"model": "labelspace", **zero_shot_metrics(scores, targets, held_out, k=1)}
+
+
+def write_report(report: dict[str, Any], figures: dict[str, Any], report_path: str | Path) -> list[Path]:
+    """reports/metrics.json and reports/plots/*.png (DVC's metrics and plots); returns the files written."""
+    path = Path(report_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    plot_dir = path.parent / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    written = [path]
+    for name, fig in figures.items():
+        plots.save(fig, plot_dir / name)
+        written.append(plot_dir / name)
+    return written

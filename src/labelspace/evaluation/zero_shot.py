@@ -1,0 +1,152 @@
+"""Zero-shot evaluation: rank labels never trained on, beside the exact figures of a random ranking.
+
+Protocol: the held-out labels have no positives in training and their word vectors are never seen.
+On the test images with at least one held-out label, only the held-out labels are ranked; top-k
+metrics (k=1 by default) and mAP are computed as in `labelspace.evaluation.metrics`.
+
+Chance is the expected value of each metric when every image's scores are i.i.d. continuous random
+numbers, so each image's ranking is a uniformly random permutation (and each label's ranking of the
+images too). It is computed exactly, never simulated:
+- each image puts a given label in its top k with probability q = k/L, independently of the others;
+- O-F1 = 2C / (kN + P) is linear in the number C of correct predictions, so E[O-F1] = 2qP / (kN + P);
+- given that m images predict class c, they are a uniformly random m-subset of the N images, so
+  E[P_c] = (pos_c / N) * (1 - (1 - q)^N) and E[R_c] = q;
+- E[AP] of a class with R relevant among N images is (H_N + (R-1)/(N-1) * (N - H_N)) / N;
+- C-F1 is not linear in the counts: its expectation is a sum over the exact joint distribution of
+  every class's (correct, predicted) counts, built type by type (images with the same positive set
+  share a multinomial over the possible top-k sets). When that distribution would exceed
+  `max_states`, C-F1's chance is left out (None) rather than estimated.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from labelspace.evaluation.metrics import mean_average_precision, topk_metrics
+
+MAX_STATES = 5_000_000
+
+
+def _kept(targets: Any) -> np.ndarray:
+    t = np.asarray(targets).astype(bool)
+    if t.ndim != 2:
+        raise ValueError(f"targets must be (N, L), got shape {t.shape}")
+    t = t[t.any(axis=1)]  # images without a positive are left out, as in labelspace.evaluation.metrics
+    if t.shape[0] == 0:
+        raise ValueError("no image has a positive label: no chance figure to compute")
+    return t
+
+
+def expected_average_precision(n_items: int, n_relevant: int) -> float:
+    """E[AP] of a uniformly random ranking of n_items holding n_relevant relevant ones."""
+    if not 1 <= n_relevant <= n_items:
+        raise ValueError(f"need 1 <= n_relevant <= n_items, got {n_relevant} of {n_items}")
+    if n_items == 1:
+        return 1.0
+    harmonic = sum(1.0 / r for r in range(1, n_items + 1))
+    return (harmonic + (n_relevant - 1) / (n_items - 1) * (n_items - harmonic)) / n_items
+
+
+def chance_mean_average_precision(targets: Any) -> float:
+    """E[mAP] under random scores: the mean of E[AP] over classes with >= 1 positive."""
+    t = _kept(targets)
+    n = t.shape[0]
+    return float(np.mean([expected_average_precision(n, int(r)) for r in t.sum(axis=0) if r > 0]))
+
+
+def _compositions(n: int, parts: int) -> np.ndarray:
+    """Every (x_1..x_parts) of non-negative ints summing to n, as rows (stars and bars)."""
+    rows = []
+    for bars in combinations(range(n + parts - 1), parts - 1):
+        edges = (-1, *bars, n + parts - 1)
+        rows.append([edges[i + 1] - edges[i] - 1 for i in range(parts)])
+    return np.array(rows, dtype=np.int64)
+
+
+def _expected_class_f1(t: np.ndarray, k: int, max_states: int) -> float | None:
+    """E[C-F1] by the exact joint distribution of the evaluated classes' counts; None if too large."""
+    n_labels = t.shape[1]
+    evaluated = np.flatnonzero(t.any(axis=0))
+    choices = [np.isin(np.arange(n_labels), c) for c in combinations(range(n_labels), k)]
+    choices = np.array(choices)[:, evaluated]  # (m, E): which evaluated classes each top-k set holds
+    m, n_eval = choices.shape
+    types, counts = np.unique(t[:, evaluated], axis=0, return_counts=True)
+    size = 1.0
+    for count in counts:
+        size *= math.comb(int(count) + m - 1, m - 1)
+    if size > max_states:
+        return None
+    # State: correct counts (E) then predicted counts (E) of the evaluated classes.
+    states = np.zeros((1, 2 * n_eval), dtype=np.int64)
+    probs = np.ones(1)
+    for positive_set, count in zip(types, counts, strict=True):
+        outcomes = _compositions(int(count), m)  # how many images of this type pick each top-k set
+        log_p = (math.lgamma(count + 1) - np.sum([[math.lgamma(x + 1) for x in row] for row in outcomes], axis=1)
+                 - count * math.log(m))
+        predicted = outcomes @ choices  # (O, E)
+        correct = outcomes @ (choices & positive_set)
+        increments = np.concatenate([correct, predicted], axis=1)
+        states = (states[:, None, :] + increments[None, :, :]).reshape(-1, 2 * n_eval)
+        probs = (probs[:, None] * np.exp(log_p)[None, :]).ravel()
+        states, inverse = np.unique(states, axis=0, return_inverse=True)
+        probs = np.bincount(inverse.ravel(), weights=probs, minlength=len(states))
+    correct, predicted = states[:, :n_eval].astype(float), states[:, n_eval:].astype(float)
+    precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0).mean(axis=1)
+    recall = (correct / t[:, evaluated].sum(axis=0)).mean(axis=1)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
+                   where=precision + recall > 0)
+    return float(probs @ f1)
+
+
+def chance_topk_metrics(targets: Any, k: int, max_states: int = MAX_STATES) -> dict[str, float | None]:
+    """Exact expected C-P, C-R, C-F1, O-P, O-R, O-F1 of top-k predictions under random scores."""
+    t = _kept(targets)
+    n, n_labels = t.shape
+    k = min(k, n_labels)
+    q = k / n_labels
+    positives = t.sum(axis=0)
+    total = float(positives.sum())
+    evaluated = positives > 0
+    class_p = positives[evaluated] / n * (1 - (1 - q) ** n)
+    return {
+        "C-P": float(class_p.mean()),
+        "C-R": q,
+        "C-F1": _expected_class_f1(t, k, max_states),
+        "O-P": q * total / (k * n),
+        "O-R": q,
+        "O-F1": 2 * q * total / (k * n + total),
+    }
+
+
+def zero_shot_metrics(scores: Any, targets: Any, labels: list[str], k: int = 1) -> dict[str, Any]:
+    """Top-k metrics and mAP of ranking only the held-out `labels`, beside their exact chance figures.
+
+    scores and targets: (N, len(labels)) for the evaluated images; rows without any held-out
+    positive are left out (and counted). `ratio` divides each figure by its chance.
+    """
+    s, t = np.asarray(scores, dtype=np.float64), np.asarray(targets)
+    if s.shape != t.shape or s.shape[1] != len(labels):
+        raise ValueError(f"scores {s.shape} and targets {t.shape} must both be (N, {len(labels)})")
+    keep = t.astype(bool).any(axis=1)
+    if not keep.any():
+        raise ValueError(f"no evaluated image has any of the held-out labels {labels}: nothing to evaluate")
+    s, t = s[keep], t[keep]
+    top = topk_metrics(s, t, k)
+    chance_top = chance_topk_metrics(t, k)
+    result: dict[str, Any] = {
+        "labels": list(labels),
+        "n_images": int(keep.sum()),
+        "positives_per_label": {label: int(c) for label, c in zip(labels, t.sum(axis=0), strict=True)},
+        f"top{k}": top,
+        "mAP": mean_average_precision(s, t),
+        "chance": {f"top{k}": chance_top, "mAP": chance_mean_average_precision(t)},
+    }
+    result["ratio"] = {
+        f"top{k}_{key}": (top[key] / chance_top[key] if chance_top[key] else None) for key in ("O-F1", "C-F1")
+    }
+    result["ratio"]["mAP"] = result["mAP"] / result["chance"]["mAP"]
+    return result

@@ -1,0 +1,1 @@
+"""The model lifecycle against MLflow: tracking backend, registry, lineage."""

@@ -1,0 +1,176 @@
+"""The MLflow model registry: register a logged model with its lineage, find versions, move aliases.
+
+Aliases only, never the deprecated stages: a new version gets `challenger`; promotion moves
+`champion` (an alias names at most one version, so moving it is one call and needs no demotion).
+`labelspace promote --model labelspace --version N [--alias champion]` is the command-line door.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from labelspace.lifecycle.tracking import configure_mlflow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "labelspace"
+READY_TIMEOUT_S = 300
+
+
+def _client() -> MlflowClient:
+    configure_mlflow()
+    return MlflowClient()
+
+
+def _is_missing(error: MlflowException) -> bool:
+    return error.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _wait_until_ready(client: MlflowClient, version: ModelVersion, timeout_s: float) -> ModelVersion:
+    deadline = time.monotonic() + timeout_s
+    while version.status != "READY":
+        if version.status == "FAILED_REGISTRATION":
+            raise RuntimeError(
+                f"registering {version.name} version {version.version} failed: {version.status_message}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{version.name} version {version.version} is still {version.status} after {timeout_s:.0f} s; "
+                "check the registry server's logs"
+            )
+        time.sleep(1.0)
+        version = client.get_model_version(version.name, version.version)
+    return version
+
+
+def register_model(
+    model_uri: str,
+    *,
+    model_name: str = DEFAULT_MODEL_NAME,
+    alias: str = "challenger",
+    tags: dict[str, str],
+    description: str | None = None,
+) -> ModelVersion:
+    """Register `model_uri` as a new version of `model_name`, tagged with `tags` and given `alias`.
+
+    Returns the version once it is READY, with its tags, alias and description set.
+    """
+    client = _client()
+    tags = {str(k): str(v) for k, v in tags.items()}
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException as e:
+        if not _is_missing(e):
+            raise
+        try:
+            client.create_registered_model(
+                model_name, description="Multilabel image tagging by an image-conditioned label space (labelspace)"
+            )
+        except MlflowException as race:
+            if race.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    # mlflow.register_model resolves runs:/ and models:/ URIs to the logged model (MLflow 3 links
+    # the version to its LoggedModel); waiting is ours, so a slow registry gets a clear error.
+    version = mlflow.register_model(model_uri, model_name, await_registration_for=0, tags=tags)
+    version = _wait_until_ready(client, version, READY_TIMEOUT_S)
+    if description:
+        client.update_model_version(model_name, version.version, description=description)
+    # create_model_version stores the tags, but a registry proxying to another one may drop them: set
+    # them again so the version carries its lineage whatever the backend.
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version.version, key, value)
+    client.set_registered_model_alias(model_name, alias, version.version)
+    log.info("registered %s version %s (%s) with alias %s", model_name, version.version, model_uri, alias)
+    return client.get_model_version(model_name, version.version)
+
+
+def register_trained_model(
+    model,
+    register,
+    *,
+    metrics: dict,
+    dataset_version: str,
+    vectors_version: str,
+    params_hash: str,
+    repo_root: str,
+    zenml_run_id: str,
+    zenml_model: tuple[str, str] | None,
+    package,
+) -> dict[str, str | bool]:
+    """Log `model` (a label-space TrainedModel) as the served pyfunc in the active run and register
+    it as `register.alias` (config.RegisterConfig) with every lineage tag; nothing when a version
+    already holds the same weights. `package()` gives (open vocabulary, input example image)."""
+    from labelspace.lifecycle.lineage import lineage_tags
+    from labelspace.serving.pyfunc import log_labelspace_model
+
+    name, alias = register.model_name, register.alias
+    content_hash = model.content_hash()
+    existing = find_version_by_tag(name, "model.content_hash", content_hash)
+    if existing is not None:
+        print(f"{name} version {existing.version} already holds these weights: nothing registered")
+        return {"name": name, "version": str(existing.version), "new": False}
+    top3 = metrics.get("labelspace", {}).get("top3", {})
+    tags = lineage_tags(
+        dataset_version=dataset_version, vectors_version=vectors_version, params_hash=params_hash,
+        zenml_run_id=zenml_run_id, backbone=model.spec.backbone,
+        weights_hash=model.provenance.get("weights_hash"), repo_root=repo_root,
+        zenml_model_name=zenml_model[0] if zenml_model else None,
+        zenml_model_version=zenml_model[1] if zenml_model else None,
+        extra={"model.content_hash": content_hash,
+               **{f"metrics.top3.{k}": f"{top3[k]:.4f}" for k in ("C-F1", "O-F1") if k in top3}},
+    )
+    open_vocabulary, example = package()
+    info = log_labelspace_model(model, open_vocabulary=open_vocabulary, input_example_image=example)
+    version = register_model(info.model_uri, model_name=name, alias=alias, tags=tags,
+                             description=f"labelspace {model.spec.backbone} k={model.spec.k}")
+    print(f"registered {name} version {version.version} as @{alias}")
+    return {"name": name, "version": str(version.version), "alias": alias, "model_uri": info.model_uri, "new": True}
+
+
+def alias_holder(model_name: str, alias: str) -> str | None:
+    """The version number (as text) that `alias` names now, or None when the alias (or the model) does not exist."""
+    try:
+        return str(_client().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException as e:
+        if _is_missing(e) or e.error_code == "INVALID_PARAMETER_VALUE":
+            return None
+        raise
+
+
+def promote(model_name: str, version: str | int, alias: str = "champion") -> None:
+    """Point `alias` at `version` of `model_name` (taking it from whichever version had it)."""
+    client = _client()
+    try:
+        target = client.get_model_version(model_name, str(version))
+    except MlflowException as e:
+        if not _is_missing(e):
+            raise
+        existing = sorted(int(v.version) for v in client.search_model_versions(f"name = '{_quoted(model_name)}'"))
+        listing = ", ".join(map(str, existing)) if existing else "none: register a model first"
+        raise ValueError(f"model {model_name!r} has no version {version}; its versions are {listing}") from None
+    if target.status != "READY":
+        raise ValueError(f"{model_name} version {version} is {target.status}, not READY; wait for it or pick another")
+    client.set_registered_model_alias(model_name, alias, target.version)
+
+
+def find_version_by_tag(model_name: str, key: str, value: str) -> ModelVersion | None:
+    """The newest version of `model_name` whose tag `key` equals `value`, or None."""
+    client = _client()
+    query = f"name = '{_quoted(model_name)}' and tags.`{key}` = '{_quoted(str(value))}'"
+    try:
+        found = client.search_model_versions(query)
+    except MlflowException as e:
+        if _is_missing(e):
+            return None
+        raise
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")

@@ -1,0 +1,70 @@
+"""The training pipeline: ingest -> embed_labels -> train (label space, BCE baseline) -> evaluate -> register."""
+
+from __future__ import annotations
+
+from zenml import Model, pipeline
+from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import MLFlowExperimentTrackerSettings
+
+from labelspace.config import (
+    EmbeddingConfig,
+    EvaluateConfig,
+    LossConfig,
+    ModelConfig,
+    RegisterConfig,
+    TrainConfig,
+    VectorsConfig,
+)
+from labelspace.steps.embed_labels import embed_labels
+from labelspace.steps.evaluate import evaluate
+from labelspace.steps.ingest import ingest
+from labelspace.steps.register import register
+from labelspace.steps.train import train
+
+EXPERIMENT = "labelspace"
+
+
+@pipeline(
+    name="labelspace_training",
+    model=Model(name="labelspace", description="Image-conditioned label space for multilabel tagging"),
+    settings={"experiment_tracker": MLFlowExperimentTrackerSettings(experiment_name=EXPERIMENT)},
+)
+def training_pipeline(
+    dataset: str,
+    dataset_version: str,
+    image_size: int,
+    cache_dir: str,
+    vectors_path: str,
+    vectors_version: str,
+    vectors: VectorsConfig,
+    embedding: EmbeddingConfig,
+    model: ModelConfig,
+    loss: LossConfig,
+    train_config: TrainConfig,
+    evaluate_config: EvaluateConfig,
+    register_config: RegisterConfig,
+    held_out: list[str],
+    not_concepts: list[str],
+    params_hash: str,
+    project_root: str,
+    checkpoint_dir: str,
+    report_path: str,
+    resume: bool = True,
+) -> None:
+    """Sections come from params.yaml (labelspace.config); paths are absolute; versions are DVC hashes."""
+    manifest, concepts, _, data = ingest(dataset=dataset, dataset_version=dataset_version, image_size=image_size,
+                                         cache_dir=cache_dir)
+    labels, label_vectors, _ = embed_labels(concepts=concepts, vectors=vectors, vectors_path=vectors_path,
+                                            vectors_version=vectors_version, embedding=embedding)
+    common = dict(manifest=manifest, labels=labels, label_vectors=label_vectors, prepared_data=data, model=model,
+                  loss=loss, train=train_config, held_out=held_out, checkpoint_dir=checkpoint_dir, resume=resume)
+    labelspace_model = train(head="labelspace", id="train", **common)
+    baseline = train(head="bce", id="train_baseline", **common)
+    # Not cached: it writes reports/ (DVC's metrics and plots), which must exist after every run.
+    metrics = evaluate.with_options(enable_cache=False)(
+        manifest=manifest, prepared_data=data, labelspace_model=labelspace_model, bce_model=baseline, labels=labels,
+        label_vectors=label_vectors, evaluate=evaluate_config, held_out=held_out, not_concepts=not_concepts,
+        report_path=report_path, feature_batch_size=train_config.feature_batch_size,
+    )
+    register(model=labelspace_model, metrics=metrics, prepared_data=data, vectors_path=vectors_path,
+             vectors_version=vectors_version, params_hash=params_hash, register=register_config,
+             project_root=project_root)

@@ -1,0 +1,33 @@
+"""Step: test-split report of both heads, zero-shot, the plots (labelspace.evaluation.evaluate)."""
+
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+from zenml import log_metadata, step
+
+from labelspace.config import EvaluateConfig
+from labelspace.model.bundle import TrainedModel
+
+
+@step(experiment_tracker=True)
+def evaluate(
+    manifest: pd.DataFrame, prepared_data: dict, labelspace_model: TrainedModel, bce_model: TrainedModel,
+    labels: list[str], label_vectors: np.ndarray, evaluate: EvaluateConfig, held_out: list[str],
+    not_concepts: list[str], report_path: str, feature_batch_size: int,
+) -> Annotated[dict, "metrics"]:
+    """Writes `report_path` (DVC's metrics) and the plots beside it; logs both to MLflow."""
+    from labelspace.data.prepared import prepared
+    from labelspace.evaluation.evaluate import evaluate_models, write_report
+    from labelspace.evaluation.report import metrics_table
+    from labelspace.lifecycle.tracking import log_evaluation
+    from labelspace.training.fit import HeldOut
+
+    report, figures = evaluate_models(
+        manifest, prepared(prepared_data).images(), {"labelspace": labelspace_model, "bce": bce_model}, labels,
+        label_vectors, evaluate, HeldOut(labels=held_out, not_concepts=not_concepts),
+        feature_batch_size=feature_batch_size)
+    flat = log_evaluation(report, write_report(report, figures, report_path))
+    log_metadata(metadata=flat)
+    print(metrics_table(report))
+    return report

@@ -1,0 +1,1 @@
+"""Training: the loss and the loop, and fit_head (splits, held-out labels, calibration, checkpoints)."""

@@ -1,0 +1,143 @@
+"""fit_head: everything training one head decides, from an ingested dataset to a `TrainedModel`.
+
+The decisions live here, not in a pipeline step: which labels train (the held-out zero-shot labels
+never do), the validation split, the checkpoint key, validation metrics every epoch, and the
+thresholded decision fitted on validation after training. No ZenML and no MLflow: progress and
+metrics leave through the `on_epoch` callback, so a ZenML step, a study script and a test call the
+same function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from labelspace.config import LossConfig, ModelConfig, TrainConfig
+from labelspace.data.splits import split_indices, target_matrix
+from labelspace.evaluation.calibration import fit_calibration
+from labelspace.evaluation.metrics import mean_average_precision, topk_metrics
+from labelspace.model.bundle import TrainedModel
+from labelspace.model.spec import ModelSpec
+from labelspace.training.loop import extract_features, scores_from_features, train_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The zero-shot split of the label set: `labels` are held out of training, `not_concepts` were
+    asked for but are no concept of this dataset (skipped, and reported)."""
+
+    labels: list[str]
+    not_concepts: list[str]
+
+
+def held_out_labels(wanted: Sequence[str], concepts: Sequence[str]) -> HeldOut:
+    present = set(concepts)
+    return HeldOut(labels=[label for label in wanted if label in present],
+                   not_concepts=[label for label in wanted if label not in present])
+
+
+def training_labels(labels: Sequence[str], label_vectors: np.ndarray,
+                    held_out: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The labels a head trains on (every label but the held-out ones) and their vectors."""
+    held = set(held_out)
+    keep = [i for i, label in enumerate(labels) if label not in held]
+    if not keep:
+        raise ValueError(f"every label ({', '.join(labels)}) is held out for zero-shot: nothing to train on; "
+                         "shorten evaluate.zero_shot_labels in params.yaml")
+    return [labels[i] for i in keep], np.asarray(label_vectors)[keep]
+
+
+def checkpoint_data_key(dataset_version: str, labels: Sequence[str], vectors: np.ndarray,
+                        splits: dict[str, np.ndarray], image_shape: tuple[int, ...]) -> str:
+    """Everything the weights depend on besides the configs: a checkpoint of other data, labels,
+    vectors, resolution or split is never resumed from."""
+    return hashlib.sha256(b"\0".join([
+        dataset_version.encode(), "\n".join(labels).encode(), np.ascontiguousarray(vectors).tobytes(),
+        splits["train"].tobytes(), splits["val"].tobytes(), str(tuple(image_shape)).encode(),
+    ])).hexdigest()
+
+
+@dataclass
+class FitResult:
+    model: TrainedModel
+    resumed_from_epoch: int
+    n_train_images: int
+    n_val_images: int
+    note: str = ""  # why there is no thresholded decision, when there is none
+
+
+def fit_head(
+    head: str,
+    model_config: ModelConfig,
+    loss_config: LossConfig,
+    train_config: TrainConfig,
+    manifest: pd.DataFrame,
+    labels: Sequence[str],
+    label_vectors: np.ndarray,
+    images: np.ndarray,
+    *,
+    dataset_version: str,
+    held_out: Sequence[str] = (),
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train `head` ("labelspace" or "bce") on the train split of `manifest` (images: uint8 N,H,W,3
+    aligned with it), validate every epoch, then fit the thresholded decision on validation."""
+    train_labels, vectors = training_labels(labels, label_vectors, held_out)
+    spec = ModelSpec.from_config(model_config, head=head, n_labels=len(train_labels), d=int(vectors.shape[1]),
+                                 image_size=int(images.shape[1]))
+    targets = target_matrix(manifest, train_labels)
+    splits = split_indices(manifest, train_config.val_fraction, train_config.seed)
+    val_targets = targets[splits["val"]]
+    feature_cache: dict[str, torch.Tensor] = {}
+
+    def val_scores(model: torch.nn.Module) -> np.ndarray:
+        device = next(model.parameters()).device
+        if not spec.freeze_backbone or "val" not in feature_cache:  # a frozen backbone's features never change
+            feature_cache["val"] = extract_features(model, images, splits["val"], device,
+                                                    train_config.feature_batch_size, desc="val features")
+        return scores_from_features(model, feature_cache["val"], vectors, device)
+
+    def validate(model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        if len(val_targets) == 0 or not val_targets.any():
+            return {}
+        scores = val_scores(model)
+        top3 = topk_metrics(scores, val_targets, 3)
+        return {"val_mAP": mean_average_precision(scores, val_targets), "val_top3_C-F1": top3["C-F1"],
+                "val_top3_O-F1": top3["O-F1"]}
+
+    data_key = checkpoint_data_key(dataset_version, train_labels, vectors, splits, images.shape)
+    result = train_model(
+        spec, loss_config, train_config, images, targets, splits["train"], vectors,
+        pretrained=model_config.pretrained, weights_path=model_config.weights_path, data_key=data_key,
+        resume=resume, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, validate=validate,
+    )
+    calibration, note = {}, ""
+    try:
+        calibration = fit_calibration(val_scores(result.model), val_targets, head=head)
+    except ValueError as e:  # e.g. no validation split: the model still ranks, without a threshold
+        note = f"no thresholded decision: {e}"
+        log.warning("%s: %s", head, note)
+    trained = TrainedModel(spec=spec, labels=train_labels, label_vectors=vectors,
+                           state_dict=result.model.state_dict(), history=result.history,
+                           calibration=calibration, provenance=backbone_provenance(result.model))
+    return FitResult(model=trained, resumed_from_epoch=result.resumed_from_epoch,
+                     n_train_images=len(splits["train"]), n_val_images=len(splits["val"]), note=note)
+
+
+def backbone_provenance(model: torch.nn.Module) -> dict[str, str | None]:
+    """Which pretrained file the backbone started from, and its hash (lineage of a registered version)."""
+    from labelspace.model.backbones import file_sha256
+
+    weights_file = model.backbone.weights_file
+    return {"weights_file": str(weights_file) if weights_file else None, "weights_hash": file_sha256(weights_file)}

@@ -1,1 +1,0 @@
-"""ZenML steps: thin typed wrappers over the labelspace library, one per file."""
