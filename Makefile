@@ -14,11 +14,11 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup system-packages test test-fast run lint bench clean
+.PHONY: setup system-packages test test-fast run lint bench clean team-up team-down
 
 setup: $(STAMP)
 
-# Debian packages the project reads data from (Fashion-MNIST for the embedded dataset).
+# Debian packages the project needs (Fashion-MNIST for the embedded dataset, PostgreSQL for `make team-up`).
 system-packages:
 	@bash scripts/install_system_packages.sh
 
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml scripts/install_system_packages.sh
 	@bash scripts/install_system_packages.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,team]'
 	@touch $(STAMP)
 
 test: setup
@@ -45,6 +45,14 @@ lint: setup
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The team stack under .team/ (docs/team-server.md): PostgreSQL, moto S3, MLflow with basic auth.
+# Options through TEAM_ARGS, e.g. make team-up TEAM_ARGS="--mlflow-port 5000 --upgrade-db".
+team-up: setup
+	$(BIN)/python -m labelspace.deploy.team up $(TEAM_ARGS)
+
+team-down:
+	$(BIN)/python -m labelspace.deploy.team down $(TEAM_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,341 @@
+"""The team stack for real: PostgreSQL, the moto S3 store and an authenticated MLflow server,
+started once for the module in a temporary folder on free ports of 127.0.0.1, used the way a team
+member would (MLflow client, DVC from a second clone), broken on purpose, and stopped by PID."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from labelspace.deploy import team
+
+pytestmark = pytest.mark.team
+
+
+def _missing() -> str | None:
+    for module in ("psycopg2", "moto", "boto3", "flask_wtf", "alembic", "s3fs"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install -e '.[team]')"
+    try:
+        team.pg_bin()
+    except team.TeamError as e:
+        return str(e)
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root needs runuser to start PostgreSQL as the postgres user"
+    return None
+
+
+if (_reason := _missing()) is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+from mlflow import MlflowClient  # noqa: E402  (after the skip: needs the team extra's packages)
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+QUIET = lambda *_: None  # noqa: E731
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def _folder(prefix: str) -> Path:
+    # Not under pytest's tmp_path: as root, PostgreSQL runs as `postgres`, which cannot enter
+    # /tmp/pytest-of-root (mode 700).
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)
+    return path
+
+
+def _pids(folder: Path) -> list[int]:
+    """Every live process of the stack: each PID file's process and what it started."""
+    pids = []
+    for name in team.SERVICES:
+        record = json.loads(team.Layout(folder).pid_file(name).read_text())
+        pids += [record["pid"], *team._related(record["pid"])]
+    return pids
+
+
+@pytest.fixture(scope="module")
+def stack():
+    folder = _folder("labelspace-team-")
+    t0 = time.monotonic()
+    try:
+        info = team.team_up(folder, postgres_port=0, s3_port=0, mlflow_port=0, workers=1, out=QUIET)
+        info["startup_s"] = round(time.monotonic() - t0, 1)
+        print(f"\nteam stack up in {info['startup_s']} s: {info['mlflow_uri']}")
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in info["env"].items():
+                mp.setenv(key, value)
+            mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            mp.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+            mp.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+            yield info
+    finally:
+        team.team_down(folder, out=QUIET)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return MlflowClient(tracking_uri=stack["mlflow_uri"], registry_uri=stack["mlflow_uri"])
+
+
+@pytest.fixture(scope="module")
+def s3(stack):
+    return team.s3_client(stack["ports"]["s3"], json.loads(Path(stack["folder"], "secrets.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def logged_run(client, tmp_path_factory):
+    """A run with a parameter, a metric and one artifact file."""
+    experiment_id = client.create_experiment("team-test")
+    run = client.create_run(experiment_id)
+    client.log_param(run.info.run_id, "lr", 0.01)
+    client.log_metric(run.info.run_id, "f1", 0.5)
+    note = tmp_path_factory.mktemp("artifact") / "note.txt"
+    note.write_text("logged through the team server\n")
+    client.log_artifact(run.info.run_id, str(note))
+    client.set_terminated(run.info.run_id)
+    return experiment_id, run.info.run_id
+
+
+def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    return team._http_status(url, auth=auth, timeout=10)
+
+
+def test_anonymous_requests_get_401(stack):
+    status, body = _get(f"{stack['mlflow_uri']}/api/2.0/mlflow/experiments/search?max_results=1")
+    assert status == 401, body
+    assert "not authenticated" in body
+    assert Path(stack["folder"], "secrets.json").stat().st_mode & 0o777 == 0o600
+    assert Path(stack["folder"], "mlflow", "basic_auth.ini").stat().st_mode & 0o777 == 0o600
+
+
+def test_wrong_password_gives_a_clear_401(stack, client, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    with pytest.raises(MlflowException) as caught:
+        client.search_experiments()
+    message = str(caught.value)
+    assert "401" in message and "not authenticated" in message, message
+
+
+def test_logged_artifact_lands_in_the_s3_bucket(stack, client, s3, logged_run):
+    experiment_id, run_id = logged_run
+    run = client.get_run(run_id)
+    assert run.data.params == {"lr": "0.01"} and run.data.metrics == {"f1": 0.5}
+    assert [a.path for a in client.list_artifacts(run_id)] == ["note.txt"]
+    key = f"artifacts/{experiment_id}/{run_id}/artifacts/note.txt"
+    body = s3.get_object(Bucket=stack["buckets"]["artifacts"], Key=key)["Body"].read()
+    assert body == b"logged through the team server\n"
+
+
+def test_register_a_version_and_set_an_alias(client, logged_run):
+    _, run_id = logged_run
+    client.create_registered_model("labelspace-team-test")
+    version = client.create_model_version("labelspace-team-test", f"runs:/{run_id}/note.txt", run_id=run_id)
+    client.set_registered_model_alias("labelspace-team-test", "champion", version.version)
+    assert client.get_model_version_by_alias("labelspace-team-test", "champion").version == version.version
+
+
+def _run(argv: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    argv = [DVC, *argv[1:]] if argv[0] == "dvc" else argv
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return result
+
+
+def test_dvc_push_and_pull_from_a_second_clone(stack, s3, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    _run(["git", "init", "-q"], first)
+    _run(["dvc", "init", "-q"], first)
+    for argv in stack["dvc_commands"]:  # exactly what `team up` prints
+        _run(argv, first)
+    (first / "data.txt").write_text("versioned by DVC on the team remote\n")
+    _run(["dvc", "add", "-q", "data.txt"], first)
+    _run(["git", "add", "."], first)
+    _run(["git", "commit", "-qm", "data"], first)
+    _run(["dvc", "push", "-r", team.DVC_REMOTE], first)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack["buckets"]["dvc"]).get("Contents", [])]
+    assert any(k.startswith(f"{team.DVC_PREFIX}/files/md5/") for k in keys), keys
+
+    _run(["git", "clone", "-q", str(first), str(second)], tmp_path)
+    assert not (second / ".dvc" / "config.local").exists()  # the key stayed out of git
+    local = [argv for argv in stack["dvc_commands"] if "--local" in argv]
+    wrong = [*local[1][:-1], "wrong-secret"]
+    _run(local[0], second)
+    _run(wrong, second)
+    refused = _run(["dvc", "pull", "-r", team.DVC_REMOTE], second, check=False)
+    assert refused.returncode != 0 and "403" in refused.stdout + refused.stderr
+    _run(local[1], second)
+    _run(["dvc", "pull", "-r", team.DVC_REMOTE], second)
+    assert (second / "data.txt").read_text() == "versioned by DVC on the team remote\n"
+
+
+def test_status_env_and_a_second_up(stack, capsys):
+    status = team.team_status(stack["folder"])
+    assert all(s["running"] and s["healthy"] for s in status.values()), status
+    t0 = time.monotonic()
+    again = team.team_up(stack["folder"], out=QUIET)
+    assert again["started"] == [] and again["pids"] == stack["pids"]
+    assert time.monotonic() - t0 < 10
+    args = team.argparse.Namespace(action="env", dir=stack["folder"])
+    assert team.run_cli(args) == 0
+    printed = capsys.readouterr().out
+    assert f"export MLFLOW_TRACKING_URI={stack['mlflow_uri']}" in printed
+    assert "export MLFLOW_TRACKING_USERNAME=team" in printed and "export MLFLOW_TRACKING_PASSWORD=" in printed
+
+
+def test_a_taken_port_is_refused_clearly(stack):
+    folder = _folder("labelspace-team-port-")
+    try:
+        with socket.socket() as s:
+            s.bind((team.HOST, 0))
+            s.listen()
+            port = s.getsockname()[1]
+            with pytest.raises(team.TeamError, match=rf"port {port} on 127\.0\.0\.1, wanted for PostgreSQL, is taken"):
+                team.team_up(folder, postgres_port=port, out=QUIET)
+        # the stack's own MLflow port: the message names the process that holds it
+        with pytest.raises(team.TeamError, match=r"is taken \(PID \d+: .*uvicorn") as caught:
+            team.team_up(folder, postgres_port=stack["ports"]["mlflow"], out=QUIET)
+        assert "--postgres-port" in str(caught.value)
+        assert not team.Layout(folder).pid_file("postgres").exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_process_that_dies_at_start_shows_its_log(tmp_path):
+    layout = team.Layout(tmp_path)
+    proc = team._spawn(layout, "s3", [sys.executable, "-c", "print('bad setting: xyz', flush=True); raise SystemExit(3)"],
+                       dict(os.environ))
+    with pytest.raises(team.TeamError, match=r"(?s)exited during start-up.*bad setting: xyz"):
+        team._wait_healthy("s3", lambda: False, lambda: proc.poll() is None, layout.log("s3"), 30)
+
+
+def _superuser(stack):
+    import psycopg2
+
+    secrets = json.loads(Path(stack["folder"], "secrets.json").read_text())
+    return secrets, psycopg2.connect(host=team.HOST, port=stack["ports"]["postgres"], user="postgres",
+                                     password=secrets["postgres_password"], dbname="postgres")
+
+
+def test_an_older_schema_is_refused_then_backed_up_and_upgraded(stack):
+    """A real older schema: MLflow's migrations run up to the revision before the installed head."""
+    import sqlalchemy
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    secrets, conn = _superuser(stack)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE mlflow_old OWNER {team.DB_ROLE}")
+    conn.close()
+    port = stack["ports"]["postgres"]
+    url = f"postgresql://{team.DB_ROLE}:{secrets['db_password']}@{team.HOST}:{port}/mlflow_old"
+    engine = sqlalchemy.create_engine(url)
+    InitialBase.metadata.create_all(engine)
+    config = _get_alembic_config(url)
+    script = ScriptDirectory.from_config(config)
+    head = script.get_current_head()
+    older = script.get_revision(head).down_revision
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, older)
+    engine.dispose()
+
+    layout, dbs = team.Layout(Path(stack["folder"])), {"mlflow_old": team.TRACKING_DB}
+    state = team.schema_state(port, secrets["postgres_password"], "mlflow_old", team.TRACKING_DB)
+    assert (state.state, state.current, state.head, state.pending) == ("older", older, head, 1)
+    with pytest.raises(team.TeamError, match=r"older than the installed MLflow.*--upgrade-db"):
+        team.ensure_schemas(layout, port, secrets, upgrade=False, databases=dbs, out=QUIET)
+    backups = team.ensure_schemas(layout, port, secrets, upgrade=True, databases=dbs, out=QUIET)
+    assert len(backups) == 1 and backups[0].stat().st_size > 0 and backups[0].stat().st_mode & 0o777 == 0o600
+    assert team.schema_state(port, secrets["postgres_password"], "mlflow_old", team.TRACKING_DB).state == "current"
+    assert team.schema_state(port, secrets["postgres_password"], team.AUTH_DB).state == "current"
+
+
+def test_team_up_refuses_to_start_mlflow_on_an_older_schema(stack):
+    secrets, conn = _superuser(stack)
+    conn.close()
+    state = team.schema_state(stack["ports"]["postgres"], secrets["postgres_password"], team.TRACKING_DB)
+    from alembic.script import ScriptDirectory
+
+    older = ScriptDirectory(str(team._migrations_dir(("store", "db_migrations")))).get_revision(state.head).down_revision
+    assert team.team_down(stack["folder"], out=QUIET, only=("mlflow",)) == ["mlflow"]
+
+    def stamp(revision):
+        import psycopg2
+
+        with psycopg2.connect(host=team.HOST, port=stack["ports"]["postgres"], user="postgres",
+                              password=secrets["postgres_password"], dbname=team.TRACKING_DB) as c, c.cursor() as cur:
+            cur.execute("UPDATE alembic_version SET version_num = %s", (revision,))
+
+    stamp(older)  # as if the database had been written by the previous MLflow release
+    try:
+        with pytest.raises(team.TeamError, match=r"'mlflow' has schema revision .*older.*--upgrade-db"):
+            team.team_up(stack["folder"], workers=1, out=QUIET)
+        assert not team.team_status(stack["folder"])["mlflow"]["running"]
+    finally:
+        stamp(state.head)
+    info = team.team_up(stack["folder"], workers=1, out=QUIET)
+    assert info["started"] == ["mlflow"]
+    stack["pids"] = info["pids"]
+
+
+def test_s3_down_during_log_artifact_gives_a_clear_error(stack, client, logged_run, tmp_path, monkeypatch):
+    _, run_id = logged_run
+    assert team.team_down(stack["folder"], out=QUIET, only=("s3",)) == ["s3"]
+    upload = tmp_path / "late.txt"
+    upload.write_text("x")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(MlflowException, match=r"mlflow-artifacts/artifacts/.*500 error"):
+        client.log_artifact(run_id, str(upload))
+    status = team.team_status(stack["folder"])
+    assert not status["s3"]["running"] and status["mlflow"]["healthy"]
+    log = Path(status["mlflow"]["log"]).read_text()
+    assert f"Could not connect to the endpoint URL: \"{stack['s3_endpoint']}/" in log
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    assert team.team_up(stack["folder"], out=QUIET)["started"] == ["s3"]
+    client.log_artifact(run_id, str(upload))  # S3 back (empty: moto keeps nothing across a restart)
+    assert "late.txt" in [a.path for a in client.list_artifacts(run_id)]
+
+
+def test_postgres_down_gives_a_clear_error(stack, client, monkeypatch):
+    assert team.team_down(stack["folder"], out=QUIET, only=("postgres",)) == ["postgres"]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(MlflowException, match=r"experiments/search.*503 error"):
+        client.search_experiments()
+    status, body = _get(f"{stack['mlflow_uri']}/api/2.0/mlflow/experiments/search?max_results=1",
+                        auth=(stack["env"]["MLFLOW_TRACKING_USERNAME"], stack["env"]["MLFLOW_TRACKING_PASSWORD"]))
+    assert status == 503 and "TEMPORARILY_UNAVAILABLE" in body
+    assert f"port {stack['ports']['postgres']} failed: Connection refused" in body
+    assert not team.team_status(stack["folder"])["postgres"]["running"]
+
+    assert team.team_up(stack["folder"], out=QUIET)["started"] == ["postgres"]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    assert "team-test" in [e.name for e in client.search_experiments()]
+
+
+def test_team_down_leaves_no_process_behind(stack):
+    pids = _pids(Path(stack["folder"]))
+    assert len(pids) >= 3
+    assert team.team_down(stack["folder"], out=QUIET) == ["mlflow", "s3", "postgres"]
+    assert [pid for pid in pids if team._alive(pid)] == []
+    assert team.team_down(stack["folder"], out=QUIET) == []  # idempotent
+    assert not any(s["running"] for s in team.team_status(stack["folder"]).values())
+    status, _ = _get(f"{stack['mlflow_uri']}/health")
+    assert status == 0
