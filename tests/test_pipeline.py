@@ -120,3 +120,33 @@ def test_second_run_with_nothing_changed_registers_nothing(project, first_run):
         print(json.dumps({"n": len(client.search_model_versions("name='labelspace'"))}))
     """, root)
     assert info["n"] == 1
+
+
+def _step_statuses(env, cwd) -> dict:
+    script = textwrap.dedent("""
+        import json
+        from zenml.client import Client
+        run = Client().get_pipeline("labelspace_training").last_run
+        print(json.dumps({name: str(step.status.value) for name, step in run.steps.items()}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=cwd, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_rerun_is_cached_and_no_cache_retrains_from_scratch(project, first_run):
+    """ZenML's cache owns step skipping; --no-cache reruns every step and ignores checkpoints."""
+    root, env = project
+    cached = _labelspace(env, "run", cwd=root)
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    statuses = _step_statuses(env, root)
+    assert statuses["train"] == statuses["train_baseline"] == "cached"
+    assert statuses["evaluate"] == "completed"  # writes reports/ for DVC on every run
+    forced = _labelspace(env, "run", "--no-cache", cwd=root)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    statuses = _step_statuses(env, root)
+    assert set(statuses.values()) == {"completed"}, statuses
+    assert "resuming" not in forced.stdout + forced.stderr  # no checkpoint was resumed
+    assert "labelspace epoch 1/2" in forced.stdout + forced.stderr  # it trained, one log line per epoch
+    assert "\r" not in forced.stdout + forced.stderr  # no progress-bar carriage returns in a log

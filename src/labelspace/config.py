@@ -4,6 +4,9 @@ params.yaml is the only place a default lives. `load_config()` reads it once and
 before any work starts: a missing section or key, an unknown key, a value of the wrong type or out
 of range is a `ConfigError` naming the key, the bad value, what is allowed, and the file and line.
 Steps take their section's dataclass, so ZenML shows (and caches on) its real fields.
+
+About 420 lines because every section of params.yaml is declared here with its checks: that is the
+point of one typed config (a reader sees every key, its type and its allowed values in one file).
 """
 
 from __future__ import annotations
@@ -220,6 +223,43 @@ class DownloadConfig:
         return problems
 
 
+ANALYZE_BUDGETS = ("short", "full")
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """`labelspace analyze` and `labelspace card` (labelspace.evaluation.analysis*, .card)."""
+
+    out: str
+    card_out: str
+    top_k: int
+    budget: str
+    sweep_k: list[int]
+    short_epochs: int
+    short_lr: float
+    committee_top_n: list[int]
+    diversity_top: int
+    tsne_min_labels: int
+    map_images: int
+    confusion_labels: int
+    worst_images: int
+
+    def check(self) -> dict[str, str]:
+        problems = _at_least(self, 1, "top_k", "short_epochs", "diversity_top", "confusion_labels", "worst_images")
+        problems.update(_at_least(self, 0, "map_images"))
+        if self.budget not in ANALYZE_BUDGETS:
+            problems["budget"] = f"one of {', '.join(ANALYZE_BUDGETS)}"
+        if any(k < 1 for k in self.sweep_k):
+            problems["sweep_k"] = "a list of integers of at least 1 (empty: no sweep), e.g. [10, 25, 50, 100]"
+        if not self.committee_top_n or any(n < 1 for n in self.committee_top_n):
+            problems["committee_top_n"] = "a non-empty list of integers of at least 1, e.g. [1, 3, 5]"
+        if not self.short_lr > 0:
+            problems["short_lr"] = "above 0"
+        if self.tsne_min_labels < 4:
+            problems["tsne_min_labels"] = "at least 4 (t-SNE needs a few points)"
+        return problems
+
+
 def _at_least(section: Any, minimum: float, *keys: str) -> dict[str, str]:
     return {key: f"at least {minimum}" for key in keys if getattr(section, key) < minimum}
 
@@ -235,6 +275,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "register": RegisterConfig,
     "download": DownloadConfig,
+    "analyze": AnalyzeConfig,
 }
 
 
@@ -252,6 +293,7 @@ class Config:
     evaluate: EvaluateConfig
     register: RegisterConfig
     download: DownloadConfig
+    analyze: AnalyzeConfig
     path: Path
     params: dict[str, Any]
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run the training pipeline (ingest, embed, train, evaluate, register)"),
     "report": ("report", "print the metrics table and how to open the MLflow UI"),
     "promote": ("promote", "move an alias (default champion) to a registered model version"),
+    "team": ("team", "run the team stack (PostgreSQL, S3, MLflow with logins) under .team/"),
 }
 
 

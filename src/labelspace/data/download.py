@@ -14,6 +14,10 @@ path never holds a partial image; a killed run's temporary files are deleted on 
 Resuming: a rerun makes no request for an image already present (exists, at least `min_bytes`,
 header decodes), nor for one whose permanent failure (any but the TRANSIENT ones) the previous
 report recorded for the same first URL. `retry_failed=True` tries every failure again.
+
+About 460 lines, kept in one module on purpose: the URL list parser, the fetcher with its retry,
+fallback and validation rules, the resumable report and the worker pool share one set of outcome
+names and temp-file rules, and splitting them would spread one protocol over several files.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +32,12 @@ def tracker_configuration(tracking_uri: str) -> dict[str, str]:
     return config
 
 
-def use_package_as_source_root() -> None:
-    """ZenML resolves steps by module path from a source root; the folder holding the installed
-    `labelspace` package is one wherever the command runs from (site-packages, or src/ in a checkout)."""
-    from zenml.utils import source_utils
-
-    import labelspace
-
-    source_utils.set_custom_source_root(str(Path(labelspace.__file__).resolve().parents[1]))
-
-
 def ensure_stack(tracking_uri: str) -> str:
     """Create or update the stack so its tracker points at `tracking_uri`, and activate it."""
     from zenml.client import Client
     from zenml.enums import StackComponentType
+
+    from labelspace.steps import use_package_as_source_root
 
     use_package_as_source_root()
     client = Client()

@@ -1,6 +1,7 @@
 """ZenML steps: thin typed adapters over the labelspace library, one per file."""
 
 import logging
+from pathlib import Path
 
 
 class _DropFastaiAutologWarning(logging.Filter):
@@ -17,3 +18,17 @@ class _DropFastaiAutologWarning(logging.Filter):
 logging.getLogger("zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker").addFilter(
     _DropFastaiAutologWarning()
 )
+
+
+def use_package_as_source_root() -> None:
+    """ZenML resolves steps by module path from a source root; the folder holding the installed
+    `labelspace` package is one wherever the command runs from (site-packages, or src/ in a checkout)."""
+    from zenml.utils import source_utils
+
+    import labelspace
+
+    source_utils.set_custom_source_root(str(Path(labelspace.__file__).resolve().parents[1]))
+
+
+# ZenML resolves a step's materializers when the step is defined: the source root must be set first.
+use_package_as_source_root()
