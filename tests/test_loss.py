@@ -1,4 +1,4 @@
-"""Hinge rank loss (DESIGN.md, paper eq. 3) against a per-image loop, negative sampling, gradients."""
+"""Hinge rank loss (docs/design.md, paper eq. 3) against a per-image loop, negative sampling, gradients."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Top-k metrics and mAP against hand-worked values (DESIGN.md's definitions) and scikit-learn."""
+"""Top-k metrics and mAP against hand-worked values (the definitions in docs/design.md) and scikit-learn."""
 
 from __future__ import annotations
 

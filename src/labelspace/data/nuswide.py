@@ -1,6 +1,6 @@
 """Read a dataset in the NUS-WIDE release layout into a manifest and a report of every outcome.
 
-Layout (see DESIGN.md): `ConceptsList/Concepts81.txt`, `ImageList/{Train,Test}Imagelist.txt` with
+Layout (docs/design.md): `ConceptsList/Concepts81.txt`, `ImageList/{Train,Test}Imagelist.txt` with
 lines like `actor\\0001_2124494179.jpg`, `Groundtruth/TrainTestLabels/Labels_<c>_{Train,Test}.txt`
 (one 0/1 per line, aligned with the image list) and images under `Flickr/<folder>/<file>`.
 
