@@ -4,6 +4,7 @@ member would (MLflow client, DVC from a second clone), broken on purpose, and st
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from labelspace.deploy import team
+from labelspace.deploy import postgres, processes, s3server, team
 
 pytestmark = pytest.mark.team
 
@@ -27,7 +28,7 @@ def _missing() -> str | None:
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed (pip install -e '.[team]')"
     try:
-        team.pg_bin()
+        postgres.pg_bin()
     except team.TeamError as e:
         return str(e)
     if os.geteuid() == 0 and shutil.which("runuser") is None:
@@ -58,7 +59,7 @@ def _pids(folder: Path) -> list[int]:
     pids = []
     for name in team.SERVICES:
         record = json.loads(team.Layout(folder).pid_file(name).read_text())
-        pids += [record["pid"], *team._related(record["pid"])]
+        pids += [record["pid"], *processes.related(record["pid"])]
     return pids
 
 
@@ -89,7 +90,7 @@ def client(stack):
 
 @pytest.fixture(scope="module")
 def s3(stack):
-    return team.s3_client(stack["ports"]["s3"], json.loads(Path(stack["folder"], "secrets.json").read_text()))
+    return s3server.s3_client(stack["ports"]["s3"], json.loads(Path(stack["folder"], "secrets.json").read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def logged_run(client, tmp_path_factory):
 
 
 def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
-    return team._http_status(url, auth=auth, timeout=10)
+    return processes.http_status(url, auth=auth, timeout=10)
 
 
 def test_anonymous_requests_get_401(stack):
@@ -189,7 +190,7 @@ def test_status_env_and_a_second_up(stack, capsys):
     again = team.team_up(stack["folder"], out=QUIET)
     assert again["started"] == [] and again["pids"] == stack["pids"]
     assert time.monotonic() - t0 < 10
-    args = team.argparse.Namespace(action="env", dir=stack["folder"])
+    args = argparse.Namespace(action="env", dir=stack["folder"])
     assert team.run_cli(args) == 0
     printed = capsys.readouterr().out
     assert f"export MLFLOW_TRACKING_URI={stack['mlflow_uri']}" in printed
@@ -216,10 +217,10 @@ def test_a_taken_port_is_refused_clearly(stack):
 
 def test_a_process_that_dies_at_start_shows_its_log(tmp_path):
     layout = team.Layout(tmp_path)
-    proc = team._spawn(layout, "s3", [sys.executable, "-c", "print('bad setting: xyz', flush=True); raise SystemExit(3)"],
+    proc = processes.spawn(layout, "s3", [sys.executable, "-c", "print('bad setting: xyz', flush=True); raise SystemExit(3)"],
                        dict(os.environ))
     with pytest.raises(team.TeamError, match=r"(?s)exited during start-up.*bad setting: xyz"):
-        team._wait_healthy("s3", lambda: False, lambda: proc.poll() is None, layout.log("s3"), 30)
+        processes.wait_healthy("s3", lambda: False, lambda: proc.poll() is None, layout.log("s3"), 30)
 
 
 def _superuser(stack):
@@ -241,10 +242,10 @@ def test_an_older_schema_is_refused_then_backed_up_and_upgraded(stack):
     secrets, conn = _superuser(stack)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE mlflow_old OWNER {team.DB_ROLE}")
+        cur.execute(f"CREATE DATABASE mlflow_old OWNER {postgres.DB_ROLE}")
     conn.close()
     port = stack["ports"]["postgres"]
-    url = f"postgresql://{team.DB_ROLE}:{secrets['db_password']}@{team.HOST}:{port}/mlflow_old"
+    url = f"postgresql://{postgres.DB_ROLE}:{secrets['db_password']}@{team.HOST}:{port}/mlflow_old"
     engine = sqlalchemy.create_engine(url)
     InitialBase.metadata.create_all(engine)
     config = _get_alembic_config(url)
@@ -256,31 +257,31 @@ def test_an_older_schema_is_refused_then_backed_up_and_upgraded(stack):
         command.upgrade(config, older)
     engine.dispose()
 
-    layout, dbs = team.Layout(Path(stack["folder"])), {"mlflow_old": team.TRACKING_DB}
-    state = team.schema_state(port, secrets["postgres_password"], "mlflow_old", team.TRACKING_DB)
+    layout, dbs = team.Layout(Path(stack["folder"])), {"mlflow_old": postgres.TRACKING_DB}
+    state = postgres.schema_state(port, secrets["postgres_password"], "mlflow_old", postgres.TRACKING_DB)
     assert (state.state, state.current, state.head, state.pending) == ("older", older, head, 1)
     with pytest.raises(team.TeamError, match=r"older than the installed MLflow.*--upgrade-db"):
-        team.ensure_schemas(layout, port, secrets, upgrade=False, databases=dbs, out=QUIET)
-    backups = team.ensure_schemas(layout, port, secrets, upgrade=True, databases=dbs, out=QUIET)
+        postgres.ensure_schemas(layout, port, secrets, upgrade=False, databases=dbs, out=QUIET)
+    backups = postgres.ensure_schemas(layout, port, secrets, upgrade=True, databases=dbs, out=QUIET)
     assert len(backups) == 1 and backups[0].stat().st_size > 0 and backups[0].stat().st_mode & 0o777 == 0o600
-    assert team.schema_state(port, secrets["postgres_password"], "mlflow_old", team.TRACKING_DB).state == "current"
-    assert team.schema_state(port, secrets["postgres_password"], team.AUTH_DB).state == "current"
+    assert postgres.schema_state(port, secrets["postgres_password"], "mlflow_old", postgres.TRACKING_DB).state == "current"
+    assert postgres.schema_state(port, secrets["postgres_password"], postgres.AUTH_DB).state == "current"
 
 
 def test_team_up_refuses_to_start_mlflow_on_an_older_schema(stack):
     secrets, conn = _superuser(stack)
     conn.close()
-    state = team.schema_state(stack["ports"]["postgres"], secrets["postgres_password"], team.TRACKING_DB)
+    state = postgres.schema_state(stack["ports"]["postgres"], secrets["postgres_password"], postgres.TRACKING_DB)
     from alembic.script import ScriptDirectory
 
-    older = ScriptDirectory(str(team._migrations_dir(("store", "db_migrations")))).get_revision(state.head).down_revision
+    older = ScriptDirectory(str(postgres.migrations_dir(("store", "db_migrations")))).get_revision(state.head).down_revision
     assert team.team_down(stack["folder"], out=QUIET, only=("mlflow",)) == ["mlflow"]
 
     def stamp(revision):
         import psycopg2
 
         with psycopg2.connect(host=team.HOST, port=stack["ports"]["postgres"], user="postgres",
-                              password=secrets["postgres_password"], dbname=team.TRACKING_DB) as c, c.cursor() as cur:
+                              password=secrets["postgres_password"], dbname=postgres.TRACKING_DB) as c, c.cursor() as cur:
             cur.execute("UPDATE alembic_version SET version_num = %s", (revision,))
 
     stamp(older)  # as if the database had been written by the previous MLflow release
@@ -334,7 +335,7 @@ def test_team_down_leaves_no_process_behind(stack):
     pids = _pids(Path(stack["folder"]))
     assert len(pids) >= 3
     assert team.team_down(stack["folder"], out=QUIET) == ["mlflow", "s3", "postgres"]
-    assert [pid for pid in pids if team._alive(pid)] == []
+    assert [pid for pid in pids if processes.alive(pid)] == []
     assert team.team_down(stack["folder"], out=QUIET) == []  # idempotent
     assert not any(s["running"] for s in team.team_status(stack["folder"]).values())
     status, _ = _get(f"{stack['mlflow_uri']}/health")

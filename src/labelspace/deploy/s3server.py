@@ -1,5 +1,7 @@
-"""The team's S3-compatible store: moto's server (`python -m moto.server`) with three additions made
-before it serves its first request, so that a restart looks the same to clients:
+"""The team's S3-compatible store: the server process, and how `team up` starts, checks and reaches it.
+
+The process is moto's server (`python -m moto.server`) with three additions made before it serves
+its first request, so that a restart looks the same to clients:
 
 - one IAM user whose access key is the one given in the environment (moto would draw a new random
   key on every start, which would break every teammate's `dvc remote modify --local` settings);
@@ -12,7 +14,8 @@ moto keeps every object in memory: stopping this process loses the buckets' cont
     LABELSPACE_S3_ACCESS_KEY_ID=... LABELSPACE_S3_SECRET_ACCESS_KEY=... \\
         python -m labelspace.deploy.s3server --host 127.0.0.1 --port 19000 --bucket a --bucket b
 
-The key is read from the environment, not argv, so that `ps` does not show it.
+The key is read from the environment, not argv, so that `ps` does not show it. `start_s3` runs
+this module as a stack service; `s3_client` is a boto3 client signed with the stack's key.
 """
 
 from __future__ import annotations
@@ -22,6 +25,18 @@ import json
 import os
 import signal
 import sys
+from typing import Any
+
+from labelspace.deploy.processes import (
+    HOST,
+    START_TIMEOUT_S,
+    Layout,
+    http_status,
+    service_env,
+    spawn,
+    wait_healthy,
+    write_record,
+)
 
 USER_NAME = "team"
 REGION = "us-east-1"
@@ -47,6 +62,40 @@ def prepare(access_key_id: str, secret_access_key: str, buckets: list[str]) -> N
     for bucket in buckets:
         s3.create_bucket(bucket, REGION)
     settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # every request from now on must be signed by the key
+
+
+# ------------------------------------------------------------------- the stack's side: start, check, reach
+
+
+def s3_healthy(port: int) -> bool:
+    return http_status(f"http://{HOST}:{port}/moto-api/", timeout=2)[0] == 200
+
+
+def s3_client(port: int, sec: dict[str, str], **kwargs):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=f"http://{HOST}:{port}", region_name=REGION,
+                        aws_access_key_id=sec["s3_access_key_id"], aws_secret_access_key=sec["s3_secret_access_key"], **kwargs)
+
+
+def start_s3(layout: Layout, port: int, sec: dict[str, str], buckets: dict[str, str]) -> dict[str, Any]:
+    """Start this module as the stack's S3 service; returns its PID record once every bucket answers
+    a signed HeadBucket."""
+    marker = "labelspace.deploy.s3server"
+    argv = [sys.executable, "-m", marker, "--host", HOST, "--port", str(port)]
+    for bucket in buckets.values():
+        argv += ["--bucket", bucket]
+    env = {**service_env(), "LABELSPACE_S3_ACCESS_KEY_ID": sec["s3_access_key_id"],
+           "LABELSPACE_S3_SECRET_ACCESS_KEY": sec["s3_secret_access_key"]}
+    proc = spawn(layout, "s3", argv, env)
+    wait_healthy("s3", lambda: s3_healthy(port), lambda: proc.poll() is None, layout.log("s3"), START_TIMEOUT_S["s3"])
+    client = s3_client(port, sec)
+    for bucket in buckets.values():  # a signed request: the key works and the buckets are there
+        client.head_bucket(Bucket=bucket)
+    return write_record(layout, "s3", proc.pid, marker, port)
+
+
+# ------------------------------------------------------------------------------------ the process
 
 
 def main(argv: list[str] | None = None) -> int:
