@@ -1,0 +1,106 @@
+"""What training a head decides, without ZenML: held-out labels, the split, the checkpoint key, the
+calibration fitted on validation, and the data cache the steps read from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelspace.data.splits import split_indices
+from labelspace.evaluation.evaluate import evaluate_models, write_report
+from labelspace.training.fit import checkpoint_data_key, fit_head, held_out_labels, training_labels
+
+MODEL = {"k": 4, "freeze_backbone": True}
+TRAIN = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "val_fraction": 0.25}
+
+
+def test_held_out_labels_split_concepts_from_names_the_dataset_lacks():
+    held = held_out_labels(["shirt", "rainbow", "sandal"], ["shirt", "sandal", "bag"])
+    assert held.labels == ["shirt", "sandal"] and held.not_concepts == ["rainbow"]
+    labels, vectors = training_labels(["shirt", "sandal", "bag"], np.eye(3), held.labels)
+    assert labels == ["bag"] and vectors.tolist() == [[0.0, 0.0, 1.0]]
+    with pytest.raises(ValueError, match="every label .* is held out.*evaluate.zero_shot_labels"):
+        training_labels(["shirt"], np.eye(1), ["shirt"])
+
+
+def test_the_checkpoint_key_changes_with_anything_the_weights_depend_on(tiny_dataset):
+    _, manifest, concepts, images = tiny_dataset
+    vectors = np.ones((len(concepts), 3), np.float32)
+    splits = split_indices(manifest, 0.1, 0)
+    key = checkpoint_data_key("v1", concepts, vectors, splits, images.shape)
+    assert key == checkpoint_data_key("v1", concepts, vectors.copy(), splits, images.shape)
+    assert key != checkpoint_data_key("v2", concepts, vectors, splits, images.shape)
+    assert key != checkpoint_data_key("v1", concepts[::-1], vectors, splits, images.shape)
+    assert key != checkpoint_data_key("v1", concepts, vectors * 2, splits, images.shape)
+    assert key != checkpoint_data_key("v1", concepts, vectors, split_indices(manifest, 0.2, 0), images.shape)
+    assert key != checkpoint_data_key("v1", concepts, vectors, splits, (1, 64, 64, 3))
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_dataset, project_config, tmp_path_factory):
+    _, manifest, concepts, images = tiny_dataset
+    vectors = np.random.default_rng(0).normal(size=(len(concepts), 8)).astype(np.float32)
+    config = project_config.replace(model=MODEL, train=TRAIN)
+    held = held_out_labels([concepts[0], "rainbow"], concepts)
+    epochs = []
+    fits = {head: fit_head(head, config.model, config.loss, config.train, manifest, concepts, vectors, images,
+                           dataset_version="test", held_out=held.labels,
+                           checkpoint_dir=tmp_path_factory.mktemp("ckpt"),
+                           on_epoch=lambda e, r, head=head: epochs.append((head, e, r)))
+            for head in ("labelspace", "bce")}
+    return fits, held, concepts, vectors, manifest, images, epochs, config
+
+
+def test_fit_head_trains_without_the_held_out_labels_and_validates_every_epoch(fitted):
+    fits, held, concepts, _, manifest, _, epochs, _ = fitted
+    for head, fit in fits.items():
+        assert fit.model.labels == [c for c in concepts if c not in held.labels]
+        assert fit.model.spec.head == head and fit.model.spec.n_labels == len(concepts) - 1
+        splits = split_indices(manifest, TRAIN["val_fraction"], 0)
+        assert (fit.n_train_images, fit.n_val_images) == (len(splits["train"]), len(splits["val"]))
+        assert [e for h, e, _ in epochs if h == head] == [1, 2]
+        assert all({"loss", "val_mAP", "val_top3_O-F1"} <= set(r) for h, _, r in epochs if h == head)
+        assert fit.model.provenance["weights_hash"] not in ("", "random-init")
+
+
+def test_the_decision_is_calibrated_on_validation_and_travels_with_the_model(fitted):
+    fits = fitted[0]
+    for head, fit in fits.items():
+        calibration = fit.model.calibration
+        assert calibration["fitted_on"] == "validation" and calibration["slope"] > 0
+        assert 0 < calibration["probability_threshold"] < 1
+        assert ("distance_threshold" in calibration) == (head == "labelspace")
+
+
+def test_evaluate_models_writes_the_report_schema_and_its_plots(fitted, tmp_path):
+    fits, held, concepts, vectors, manifest, images, _, config = fitted
+    report, figures = evaluate_models(manifest, images, {h: f.model for h, f in fits.items()}, concepts, vectors,
+                                      config.evaluate, held)
+    for head in ("labelspace", "bce"):
+        assert set(report[head]) == {"top3", "top5", "mAP", "threshold"}
+        assert {"C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "n_images", "n_images_without_labels"} <= set(
+            report[head]["top3"])
+    test_idx = split_indices(manifest)["test"]
+    assert report["data"]["n_test_images"] == len(test_idx)
+    assert report["data"]["held_out_labels"] == held.labels
+    assert report["zero_shot"]["not_concepts"] == ["rainbow"]
+    assert report["zero_shot"]["labels"] == held.labels and "chance" in report["zero_shot"]
+    written = write_report(report, figures, tmp_path / "reports" / "metrics.json")
+    assert {p.name for p in written} == {"metrics.json", "per_class_f1.png", "training_curves.png",
+                                         "label_vectors.png", "reliability.png"}
+    assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_prepared_data_is_rebuilt_when_its_files_are_gone(tiny_dataset, tmp_path):
+    import shutil
+
+    from labelspace.data.prepared import PreparedData
+
+    root = tiny_dataset[0]
+    data = PreparedData(dataset=str(root), version="md5:abc/def", image_size=16, cache_dir=str(tmp_path))
+    report = data.ensure()
+    assert data.folder == tmp_path / "md5:abc_def" and report["ok"] == len(data.manifest()[0])
+    first = np.asarray(data.images()).copy()
+    shutil.rmtree(data.folder)  # what a cached ZenML step would otherwise point at
+    assert np.array_equal(np.asarray(data.images()), first)
+    assert data.images().shape == (len(first), 16, 16, 3)
