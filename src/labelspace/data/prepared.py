@@ -18,6 +18,7 @@ import pandas as pd
 
 from labelspace.data.nuswide import ingest, read_manifest, report_path
 from labelspace.data.preprocess import build_image_arrays, load_image_arrays
+from labelspace.data.shards import INDEX_FILE, ShardedImages, _read_json, write_shards
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class PreparedData:
     version: str  # its DVC hash (or a fingerprint when DVC does not track it)
     image_size: int
     cache_dir: str
+    shard_size: int | None = None  # ingest.shard_size: decoded into shards of this many images, else one array
 
     @property
     def folder(self) -> Path:
@@ -37,7 +39,8 @@ class PreparedData:
 
     @property
     def arrays_dir(self) -> Path:
-        return self.folder / f"images-{self.image_size}"
+        suffix = f"-shards-{self.shard_size}" if self.shard_size else ""
+        return self.folder / f"images-{self.image_size}{suffix}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,8 +49,11 @@ class PreparedData:
         """Ingest and decode what is not cached yet; returns the ingest report."""
         if not self.manifest_path.is_file() or not report_path(self.manifest_path).is_file():
             ingest(self.dataset, self.manifest_path)
-        build_image_arrays(self.manifest_path, self.dataset, self.image_size, self.arrays_dir,
-                           data_version=self.version)
+        if self.shard_size:
+            self._ensure_shards()
+        else:
+            build_image_arrays(self.manifest_path, self.dataset, self.image_size, self.arrays_dir,
+                               data_version=self.version)
         return json.loads(report_path(self.manifest_path).read_text(encoding="utf-8"))
 
     def manifest(self) -> tuple[pd.DataFrame, list[str]]:
@@ -55,10 +61,21 @@ class PreparedData:
             self.ensure()
         return read_manifest(self.manifest_path)
 
-    def images(self) -> np.ndarray:
-        """(N, S, S, 3) uint8, memory-mapped, in manifest row order."""
+    def images(self) -> np.ndarray | ShardedImages:
+        """(N, S, S, 3) uint8, memory-mapped, in manifest row order (one array, or its shards)."""
         self.ensure()
-        return load_image_arrays(self.arrays_dir)
+        return ShardedImages(self.arrays_dir) if self.shard_size else load_image_arrays(self.arrays_dir)
+
+    def _ensure_shards(self) -> None:
+        from labelspace.data.preprocess import _file_sha256
+
+        source = f"{_file_sha256(self.manifest_path)}:{self.version}"
+        index = _read_json(self.arrays_dir / INDEX_FILE)
+        if index is not None and index.get("source") == source:
+            return
+        manifest, _ = read_manifest(self.manifest_path)
+        write_shards([Path(self.dataset) / rel for rel in manifest["path"]], self.image_size, self.arrays_dir,
+                     shard_size=self.shard_size, source_hash=source)
 
 
 def prepared(data: dict[str, Any] | PreparedData) -> PreparedData:
