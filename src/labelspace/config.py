@@ -106,11 +106,21 @@ class ModelConfig:
         problems = _at_least(self, 1, "k")
         if not 0 <= self.dropout < 1:
             problems["dropout"] = "in [0, 1)"
-        from labelspace.model.backbones import list_backbones
-
-        if self.backbone not in list_backbones():
-            problems["backbone"] = f"one of {', '.join(list_backbones())}"
+        if self.backbone not in registered_backbones():
+            problems["backbone"] = f"one of {', '.join(registered_backbones())}"
         return problems
+
+
+def registered_backbones() -> list[str]:
+    """The names labelspace.model.backbones registers (its `@register_backbone` functions), read from
+    its source: checking params.yaml must not import torch (over 2 s), so a bad value is reported at once."""
+    import ast
+    import importlib.util
+
+    origin = importlib.util.find_spec("labelspace.model.backbones").origin
+    tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    return sorted(node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                  and any(isinstance(d, ast.Name) and d.id == "register_backbone" for d in node.decorator_list))
 
 
 LOSS_VARIANTS = ("paper", "pairwise")
@@ -199,6 +209,24 @@ class RegisterConfig:
         return problems
 
 
+@dataclass(frozen=True)
+class ServingConfig:
+    """Request limits of the served model (labelspace.serving, docs/serving.md), written into it at
+    log time; at serve time each one can be overridden with LABELSPACE_SERVING_<KEY in capitals>."""
+
+    max_image_pixels: int  # width x height of one image, read from its header before decoding
+    max_request_pixels: int  # the sum over the images of one request
+    max_image_bytes: int  # encoded bytes of one image (base64-decoded, or a file read on the server)
+    max_images: int  # images in one request
+    max_labels: int  # requested labels in one request
+
+    def check(self) -> dict[str, str]:
+        problems = _at_least(self, 1, *(f.name for f in fields(self)))
+        if not problems and self.max_request_pixels < self.max_image_pixels:
+            problems["max_request_pixels"] = f"at least max_image_pixels ({self.max_image_pixels}): one image must fit"
+        return problems
+
+
 DOWNLOAD_SIZES = ("large", "middle", "small", "original")
 
 
@@ -274,6 +302,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
     "register": RegisterConfig,
+    "serving": ServingConfig,
     "download": DownloadConfig,
     "analyze": AnalyzeConfig,
 }
@@ -292,6 +321,7 @@ class Config:
     train: TrainConfig
     evaluate: EvaluateConfig
     register: RegisterConfig
+    serving: ServingConfig
     download: DownloadConfig
     analyze: AnalyzeConfig
     path: Path
