@@ -8,20 +8,30 @@ travels inside it (`code_paths`), so a process with only the pip requirements in
 it, and the code that serves is the code that trained. Images go through the training path:
 `preprocess.decode_resized` (whole image, bilinear, S x S) then `training.to_input`.
 
-Request: a DataFrame with a string column `image` (base64 JPEG/PNG bytes; a path on the server's
-disk only where the server sets LABELSPACE_SERVING_READ_FILES=1, since a path lets a caller read any
-file the server can); params `top_k` (default 5) and `labels` (rank these words instead of the
-training vocabulary, resolved with the training policy: exact, lower case, mean of the words of
-"ankle boot" or "t-shirt"). Response: one row per image, `labels` best first and `distances` ||A w||^2
-ascending (top_k of them), and the thresholded decision: `decided`, every label whose calibrated
-probability passes the threshold chosen on validation, with its `probabilities`.
+Request: a DataFrame with a string column `image` (base64 JPEG/PNG bytes; a path only where the
+server allows it, serving.limits); params `top_k` (an integer of at least 1, default 5, clipped to the
+vocabulary) and `labels` (rank these words instead of the training labels, resolved with the training
+policy: exact, lower case, mean of the words of "ankle boot" or "t-shirt"; repeated labels count
+once, the first occurrence keeps its place). Response: one row per image, `labels` best first and
+`distances` ||A w||^2 ascending (top_k of them); the thresholded decision `decided`, every calibrated
+label whose probability passes the threshold chosen on validation, with its `probabilities`; and
+`uncalibrated`, the requested labels the decision does not cover.
+
+The decision is made only where the validation calibration holds: for the training labels (a
+requested word counts as one when its vector is a training label's, e.g. "Dress" for "dress").
+Open-vocabulary words are ranked, never decided: Platt scaling was fitted on the training labels'
+distances and says nothing about a word the model never trained on. A model without a calibration
+decides nothing, and every requested label is `uncalibrated`.
+
+Limits (params.yaml `serving`, written into the model at log time, overridable per variable at serve
+time; serving.limits): bytes and pixels per image, pixels, images and labels per request. Every
+request error is a ServingError (serving.errors): 400, or 413 for a limit, with a message that names
+the row or param at fault and holds no traceback, server path or echo of the input.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
+import dataclasses
 import os
 import tempfile
 from importlib import metadata
@@ -33,72 +43,28 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 import labelspace
-from labelspace.data.preprocess import decode_resized
+from labelspace.config import ServingConfig
 from labelspace.data.word_vectors import resolve_label
 from labelspace.evaluation.calibration import calibrated_probabilities
 from labelspace.model.bundle import TrainedModel
+from labelspace.serving.errors import ServingError, guard_scoring_server, in_scoring_server, too_large
+from labelspace.serving.images import IMAGE_COLUMN, decode, image_to_base64, read_image
+from labelspace.serving.limits import READ_FILES_ENV, file_root, serving_limits
+from labelspace.serving.request import DEFAULT_TOP_K, OUTPUT_COLUMNS, empty_result, image_values, parse_params
 from labelspace.training.loop import to_input
 
-DEFAULT_TOP_K = 5
-BATCH_SIZE = 32
-IMAGE_COLUMN = "image"
-READ_FILES_ENV = "LABELSPACE_SERVING_READ_FILES"  # "1": an `image` cell may be a path on the server
+__all__ = ["IMAGE_COLUMN", "OUTPUT_COLUMNS", "READ_FILES_ENV", "LabelSpacePyfunc", "image_to_base64",
+           "log_labelspace_model", "model_signature", "parse_params", "write_model_artifacts"]
+
+BATCH_SIZE = 32  # images decoded and run through the network at once
 
 # Distributions the served model imports, by backbone family; versions are pinned at log time.
-_BASE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "tqdm")
+_BASE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "tqdm", "pyyaml")
 _BACKBONE_REQUIREMENTS = {"efficientnet_lite0": ("efficientnet-lite-pytorch",)}
 _TORCHVISION = ("torchvision",)
-
-
-# ---------------------------------------------------------------- images in, tensors out
-
-
-def image_to_base64(image: bytes | str | os.PathLike | Image.Image, fmt: str = "PNG") -> str:
-    """The `image` column value for a request: base64 of encoded bytes, a file, or a PIL image."""
-    if isinstance(image, Image.Image):
-        buffer = io.BytesIO()
-        image.save(buffer, format=fmt)
-        image = buffer.getvalue()
-    elif isinstance(image, (str, os.PathLike)):
-        image = Path(image).read_bytes()
-    return base64.b64encode(image).decode("ascii")
-
-
-def image_bytes(value: Any, row: int = 0) -> bytes:
-    """The encoded image in one `image` cell: base64 (optionally a data: URL), raw bytes, or a path."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if not isinstance(value, str):
-        raise MlflowException.invalid_parameter_value(
-            f"row {row}: column '{IMAGE_COLUMN}' must hold strings (base64 image bytes or a path), "
-            f"got {type(value).__name__}"
-        )
-    text = value.strip()
-    if os.environ.get(READ_FILES_ENV) == "1" and len(text) < 4096 and os.path.isfile(text):
-        return Path(text).read_bytes()
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise MlflowException.invalid_parameter_value(
-            f"row {row}: column '{IMAGE_COLUMN}' must hold base64-encoded JPEG/PNG bytes or the path "
-            f"of an existing image file; got {text[:40]!r}{'...' if len(text) > 40 else ''}"
-        ) from None
-
-
-def image_array(value: Any, image_size: int, row: int = 0) -> np.ndarray:
-    """(S, S, 3) uint8 RGB of one `image` cell, resized exactly as the training arrays were."""
-    raw = image_bytes(value, row)
-    try:
-        return decode_resized(io.BytesIO(raw), image_size)
-    except (UnidentifiedImageError, OSError) as e:
-        raise MlflowException.invalid_parameter_value(
-            f"row {row}: the {len(raw)} bytes are not an image PIL can read ({e}); send JPEG or PNG"
-        ) from None
 
 
 # ---------------------------------------------------------------- the pyfunc
@@ -112,6 +78,8 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
         bundle = TrainedModel.load(artifacts["bundle"])
         if bundle.head != "labelspace":
             raise MlflowException(f"the bundle holds a {bundle.head} head; only the label space is served")
+        self.limits = serving_limits(getattr(context, "model_config", None))
+        self.file_root = file_root()
         self.spec = bundle.spec
         self.calibration = bundle.calibration or {}
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,25 +98,42 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
         self.row_of: dict[str, int] = {}
         for row, word in enumerate(words):
             self.row_of.setdefault(word, row)  # a training label wins over the same open word
+        # A requested word whose vector is a training label's gets that label's calibrated decision.
+        self.training_vectors = {row.tobytes() for row in self.vectors[: len(self.labels)].cpu().numpy()}
+        if in_scoring_server():
+            guard_scoring_server(self.check_request)
 
-    def _vocabulary(self, requested: list[str] | None) -> tuple[list[str], torch.Tensor]:
+    # --- the request -----------------------------------------------------------------------------
+
+    def check_request(self, model_input: Any, params: Any) -> pd.DataFrame | None:
+        """The REST door's check, before MLflow's (serving.errors): raises ServingError for a bad
+        request; the (empty) response for a request with no images; None to go on and predict."""
+        parse_params(params, self.limits, strict=True)
+        return None if image_values(model_input, self.limits) else empty_result()
+
+    def _vocabulary(self, requested: list[str]) -> tuple[list[str], torch.Tensor, np.ndarray]:
+        """(names, their vectors (L, d), which of them the calibration covers (L,) bool)."""
+        n = len(self.labels)
         if not requested:
-            return list(self.labels), self.vectors[: len(self.labels)]
+            return list(self.labels), self.vectors[:n], np.ones(n, dtype=bool)
         vectors, unknown = [], []
         for word in requested:
-            vector = self._resolve(str(word))
+            vector = self._resolve(word)
             if vector is None:
                 unknown.append(word)
             else:
                 vectors.append(vector)
         if unknown:
-            raise MlflowException.invalid_parameter_value(
-                f"no word vector bundled for {len(unknown)} requested label(s): "
-                f"{', '.join(repr(w) for w in unknown)}. This model can rank its {len(self.labels)} training "
-                f"labels and {self.n_open} open-vocabulary words; drop these labels or log the model with an "
-                "open vocabulary that covers them."
+            shown = ", ".join(repr(w if len(w) <= 40 else w[:37] + "...") for w in unknown[:20])
+            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+            raise ServingError(
+                f"no word vector bundled for {len(unknown)} requested label(s): {shown}{more}. This model can rank its "
+                f"{n} training labels and {self.n_open} open-vocabulary words; drop these labels or log the model "
+                "with an open vocabulary that covers them."
             )
-        return [str(w) for w in requested], torch.stack(vectors)
+        W = torch.stack(vectors)
+        calibrated = np.array([row.tobytes() in self.training_vectors for row in W.cpu().numpy()], dtype=bool)
+        return list(requested), W, calibrated
 
     def _resolve(self, word: str) -> torch.Tensor | None:
         """A requested label's vector under the training policy (labelspace.data.word_vectors)."""
@@ -158,43 +143,52 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
         vector, _ = resolve_label(_BundledVocabulary(self.row_of, self.vectors), word)
         return None if vector is None else torch.as_tensor(vector, dtype=torch.float32, device=self.device)
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        params = params or {}
-        top_k = int(params.get("top_k", DEFAULT_TOP_K))
-        if top_k < 1:
-            raise MlflowException.invalid_parameter_value(f"top_k must be at least 1, got {top_k}")
-        names, W = self._vocabulary(list(params.get("labels") or []))  # W (L, d)
-        values = _image_column(model_input)
-        top_k = min(top_k, len(names))
+    # --- predict ---------------------------------------------------------------------------------
 
-        ranked_labels, ranked_distances, decided, decided_probabilities = [], [], [], []
-        for start in range(0, len(values), BATCH_SIZE):
-            chunk = values[start : start + BATCH_SIZE]
-            arrays = np.stack([image_array(v, self.spec.image_size, start + i) for i, v in enumerate(chunk)])
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        top_k, requested = parse_params(params, self.limits)
+        values = image_values(model_input, self.limits)
+        names, W, calibrated = self._vocabulary(requested)  # W (L, d)
+        if not values:
+            return empty_result()
+        top_k = min(top_k, len(names))
+        # Every header before any pixel: a request over its pixel budget costs no decoding.
+        images = [read_image(v, row, self.limits, self.file_root) for row, v in enumerate(values)]
+        total = sum(image.pixels for image in images)
+        if total > self.limits.max_request_pixels:
+            raise too_large(f"the request's {len(images)} images hold {total} pixels, over the limit of "
+                            f"{self.limits.max_request_pixels} per request; send fewer or smaller images")
+
+        decided_over = calibrated if self.calibration else np.zeros_like(calibrated)
+        uncalibrated = [names[i] for i in np.flatnonzero(~decided_over)]
+        out: dict[str, list] = {column: [] for column in OUTPUT_COLUMNS}
+        for start in range(0, len(images), BATCH_SIZE):
+            arrays = np.stack([decode(image, self.spec.image_size) for image in images[start : start + BATCH_SIZE]])
             x = to_input(arrays, self.model, self.device)  # (B, 3, S, S), normalised as in training
             with torch.inference_mode():
                 D = self.model.distances(x, W).float()  # (B, L)
             best = torch.topk(D, top_k, dim=1, largest=False, sorted=True)
             for idx, dist in zip(best.indices.cpu().tolist(), best.values.cpu().tolist(), strict=True):
-                ranked_labels.append([names[i] for i in idx])
-                ranked_distances.append([float(v) for v in dist])
-            for labels, probabilities in self._decide(D.cpu().numpy(), names):
-                decided.append(labels)
-                decided_probabilities.append(probabilities)
-        return pd.DataFrame({"labels": ranked_labels, "distances": ranked_distances,
-                             "decided": decided, "probabilities": decided_probabilities})
+                out["labels"].append([names[i] for i in idx])
+                out["distances"].append([float(v) for v in dist])
+            for labels, probabilities in self._decide(D.cpu().numpy(), names, calibrated):
+                out["decided"].append(labels)
+                out["probabilities"].append(probabilities)
+                out["uncalibrated"].append(list(uncalibrated))
+        return pd.DataFrame(out)
 
-    def _decide(self, D: np.ndarray, names: list[str]) -> list[tuple[list[str], list[float]]]:
-        """The thresholded decision: every label whose calibrated probability passes the threshold
-        chosen on validation, most probable first; nothing when the model carries no calibration."""
-        if not self.calibration:
+    def _decide(self, D: np.ndarray, names: list[str], calibrated: np.ndarray) -> list[tuple[list[str], list[float]]]:
+        """The thresholded decision over the calibrated labels: every one whose probability passes the
+        threshold chosen on validation, most probable first; nothing without a calibration."""
+        columns = np.flatnonzero(calibrated)
+        if not self.calibration or columns.size == 0:
             return [([], []) for _ in range(len(D))]
-        p = calibrated_probabilities(-D, self.calibration)  # score = -D
+        p = calibrated_probabilities(-D[:, columns], self.calibration)  # score = -D
         out = []
         for row in p:
             keep = np.flatnonzero(row >= self.calibration["probability_threshold"])
             keep = keep[np.argsort(-row[keep], kind="stable")]
-            out.append(([names[i] for i in keep], [float(row[i]) for i in keep]))
+            out.append(([names[columns[i]] for i in keep], [float(row[i]) for i in keep]))
         return out
 
 
@@ -206,21 +200,6 @@ class _BundledVocabulary:
 
     def __getitem__(self, word: str) -> np.ndarray:
         return self._vectors[self.key_to_index[word]].cpu().numpy()
-
-
-def _image_column(model_input: Any) -> list[Any]:
-    if isinstance(model_input, pd.DataFrame):
-        if IMAGE_COLUMN not in model_input.columns:
-            raise MlflowException.invalid_parameter_value(
-                f"the input needs a string column '{IMAGE_COLUMN}' (base64 JPEG/PNG bytes or a path); "
-                f"got columns {list(model_input.columns)}"
-            )
-        return model_input[IMAGE_COLUMN].tolist()
-    if isinstance(model_input, (list, tuple, pd.Series)):
-        return list(model_input)
-    raise MlflowException.invalid_parameter_value(
-        f"the input must be a DataFrame with a column '{IMAGE_COLUMN}', got {type(model_input).__name__}"
-    )
 
 
 # ---------------------------------------------------------------- logging the model
@@ -245,7 +224,8 @@ def model_signature():
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.string, IMAGE_COLUMN)]),
         outputs=Schema([ColSpec(Array(DataType.string), "labels"), ColSpec(Array(DataType.double), "distances"),
-                        ColSpec(Array(DataType.string), "decided"), ColSpec(Array(DataType.double), "probabilities")]),
+                        ColSpec(Array(DataType.string), "decided"), ColSpec(Array(DataType.double), "probabilities"),
+                        ColSpec(Array(DataType.string), "uncalibrated")]),
         params=ParamSchema([
             ParamSpec("top_k", DataType.long, DEFAULT_TOP_K),
             ParamSpec("labels", DataType.string, [], shape=(-1,)),  # empty = the training vocabulary
@@ -291,6 +271,14 @@ def write_model_artifacts(
     return {key: str(path) for key, path in files.items()}
 
 
+def _encoded(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _checked_vectors(what: str, words: list[str], vectors: np.ndarray, d: int) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape != (len(words), d):
@@ -307,9 +295,12 @@ def log_labelspace_model(
     name: str = "model",
     open_vocabulary: tuple[list[str], np.ndarray] | None = None,
     input_example_image: bytes | None = None,
+    serving: ServingConfig | None = None,
 ):
     """Log the pyfunc into the active MLflow run; returns mlflow's ModelInfo (its `model_uri` registers).
 
+    `serving` (config.ServingConfig; default: params.yaml's `serving` section, found as load_config
+    finds the file) is written into the model as its `model_config`: the limits it serves under.
     MLflow runs the input example through the logged model once, so a model that cannot serve is
     reported at logging time, not at the first request.
     """
@@ -317,10 +308,20 @@ def log_labelspace_model(
         raise RuntimeError("log_labelspace_model needs an active MLflow run: call it inside mlflow.start_run()")
     if model.head != "labelspace":
         raise ValueError(f"only the label space is served, not the {model.head} head")
+    if serving is None:
+        from labelspace.config import load_config
+
+        try:
+            serving = load_config().serving
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"log_labelspace_model needs the serving limits: pass serving=ServingConfig(...) "
+                                    f"or run inside a project ({e})") from None
+    problems = serving.check()
+    if problems:
+        raise ValueError(f"serving limits: {next(iter(problems))} must be {next(iter(problems.values()))}")
     if input_example_image is None:
         size = model.spec.image_size
-        blank = Image.new("RGB", (size, size), (128, 128, 128))
-        input_example_image = base64.b64decode(image_to_base64(blank))
+        input_example_image = _encoded(Image.new("RGB", (size, size), (128, 128, 128)))
     example = pd.DataFrame({IMAGE_COLUMN: [image_to_base64(input_example_image)]})
     with tempfile.TemporaryDirectory(prefix="labelspace-model-") as tmp:
         artifacts = write_model_artifacts(tmp, model, open_vocabulary)
@@ -332,6 +333,7 @@ def log_labelspace_model(
             artifacts=artifacts,
             signature=model_signature(),
             input_example=example,
+            model_config=dataclasses.asdict(serving),
             code_paths=[str(Path(labelspace.__file__).resolve().parent)],
             pip_requirements=serving_requirements(model.spec.backbone),
         )
