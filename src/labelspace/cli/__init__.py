@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "print the metrics table and how to open the MLflow UI"),
     "predict": ("predict", "batch inference of a registered model over images, into parquet with a report"),
     "promote": ("promote", "move an alias (default champion) to a registered model version"),
+    "analyze": ("analyze", "the paper's analyses of a registered version, logged to its MLflow run"),
+    "card": ("card", "the model card (Markdown and HTML) of a registered version, logged to its run"),
     "team": ("team", "run the team stack (PostgreSQL, S3, MLflow with logins) under .team/"),
 }
 

@@ -31,7 +31,7 @@ def per_class_f1_bars(labels: Sequence[str], f1_by_model: dict[str, np.ndarray],
 def training_curves(history_by_model: dict[str, list[dict[str, float]]]):
     """Loss (own scale per model) and validation metrics per epoch."""
     keys = sorted({k for h in history_by_model.values() for r in h for k in r if k.startswith("val_")})
-    fig, axes = plt.subplots(1, 1 + bool(keys), figsize=(10 if keys else 5, 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, 1 + bool(keys), figsize=(11.5 if keys else 5, 3.5), squeeze=False)
     ax = axes[0, 0]
     for name, history in history_by_model.items():
         epochs = [r["epoch"] for r in history]
@@ -42,15 +42,17 @@ def training_curves(history_by_model: dict[str, list[dict[str, float]]]):
     ax.legend()
     if keys:
         ax = axes[0, 1]
-        for name, history in history_by_model.items():
-            for key in keys:
+        styles = ("-", "--", ":", "-.")  # one colour per model (as in the loss panel), one line style per metric
+        for colour, (name, history) in enumerate(history_by_model.items()):
+            for style, key in zip(styles * len(keys), keys, strict=False):
                 pts = [(r["epoch"], r[key]) for r in history if key in r]
                 if pts:
                     e, v = zip(*pts, strict=True)
-                    ax.plot(e, np.array(v) * 100, marker=".", label=f"{name} {key[4:]}")
+                    ax.plot(e, np.array(v) * 100, marker=".", color=f"C{colour}", linestyle=style,
+                            label=f"{name} {key[4:]}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation (%)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
 
