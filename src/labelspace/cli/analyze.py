@@ -43,7 +43,8 @@ def run_cli(args: argparse.Namespace) -> int:
         sweep_text,
         write_analysis,
     )
-    from labelspace.lifecycle.cards import flat_analysis_metrics, load_baseline, load_version, log_analysis
+    from labelspace.lifecycle.cards import flat_analysis_metrics, load_version, log_analysis
+    from labelspace.pipelines.runs import load_baseline
     from labelspace.training.fit import held_out_labels, training_labels
 
     name = args.model or config.register.model_name
