@@ -220,20 +220,21 @@ def test_promote_moves_champion(registered, monkeypatch, capsys):
 
     promote("labelspace", 1)
     assert alias_holder("labelspace", "champion") == "1"
-    assert cli_main(["promote", "--model", "labelspace", "--version", "2"]) == 0
+    assert cli_main(["promote", "--model", "labelspace", "--version", "2", "--reason", "second is better"]) == 0
     printed = capsys.readouterr().out
-    assert "labelspace@champion: version 1 -> version 2" in printed
+    assert "labelspace@champion: version 1 -> version 2 (manual, history #1)" in printed
     assert "data.dataset_version = md5:dataset-abc" in printed
     client = MlflowClient(tracking_uri=registered.uri)
-    assert client.get_model_version("labelspace", "1").aliases == []
+    assert client.get_model_version("labelspace", "1").aliases == ["previous-champion"]  # rollback returns to it
     assert sorted(client.get_model_version("labelspace", "2").aliases) == ["challenger", "champion"]
+    assert client.get_model_version("labelspace", "2").tags["champion.reason"] == "second is better"
 
 
 def test_promoting_a_missing_version_says_which_exist(registered, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registered.uri)
-    with pytest.raises(ValueError, match="has no version 99; its versions are 1"):
+    with pytest.raises(ValueError, match=r"has no version 99 \(deleted, or never registered\); its versions are 1"):
         promote("labelspace", 99)
-    assert cli_main(["promote", "--version", "99"]) == 2
+    assert cli_main(["promote", "--version", "99", "--reason", "typo"]) == 2
     assert "has no version 99" in capsys.readouterr().err
 
 

@@ -288,6 +288,36 @@ class AnalyzeConfig:
         return problems
 
 
+@dataclass(frozen=True)
+class PromoteConfig:
+    """The promotion gate, the pipeline's last step (labelspace.lifecycle.gate, docs/lifecycle.md).
+
+    Metrics are keys of reports/metrics.json written with dots (`labelspace.top3.O-F1`,
+    `labelspace.mAP`, `zero_shot.top1.O-F1`), fractions where higher is better.
+    """
+
+    auto: bool
+    metrics: list[str]
+    minimum: dict[str, float]
+    max_regression: dict[str, float]
+
+    def check(self) -> dict[str, str]:
+        from labelspace.lifecycle.gate import metric_name_problem
+
+        problems = {}
+        bad = next((m for m in self.metrics if metric_name_problem(m)), None)
+        if not self.metrics or bad is not None or len(set(self.metrics)) != len(self.metrics):
+            problems["metrics"] = (f"a non-empty list of distinct metric names; {metric_name_problem(bad)}"
+                                   if bad else "a non-empty list of distinct metric names, e.g. [labelspace.top3.O-F1]")
+        for key in ("minimum", "max_regression"):
+            rules = getattr(self, key)
+            if any(m not in self.metrics for m in rules):
+                problems[key] = f"a mapping whose keys are among promote.metrics ({', '.join(self.metrics)})"
+            elif any(not 0 <= v <= 1 for v in rules.values()):
+                problems[key] = "a mapping of metric -> a fraction in [0, 1]"
+        return problems
+
+
 def _at_least(section: Any, minimum: float, *keys: str) -> dict[str, str]:
     return {key: f"at least {minimum}" for key in keys if getattr(section, key) < minimum}
 
@@ -305,6 +335,7 @@ SECTIONS: dict[str, type] = {
     "serving": ServingConfig,
     "download": DownloadConfig,
     "analyze": AnalyzeConfig,
+    "promote": PromoteConfig,
 }
 
 
@@ -324,6 +355,7 @@ class Config:
     serving: ServingConfig
     download: DownloadConfig
     analyze: AnalyzeConfig
+    promote: PromoteConfig
     path: Path
     params: dict[str, Any]
 

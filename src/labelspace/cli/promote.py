@@ -1,27 +1,53 @@
-"""`labelspace promote --version N [--alias champion]`: move a registry alias to a model version."""
+"""`labelspace promote --version N --reason "..." [--alias champion]`: move an alias to a model version,
+under the registry's champion lock, recorded in the history (labelspace.lifecycle.champion)."""
 
 from __future__ import annotations
 
 import argparse
 
-from labelspace.lifecycle.registry import DEFAULT_MODEL_NAME, _client, alias_holder, promote
+from labelspace.lifecycle.registry import DEFAULT_MODEL_NAME
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="registered model name (default: %(default)s)")
-    p.add_argument("--version", required=True, help="the model version the alias should name")
+    p.add_argument("--version", required=True, help="the model version the alias should name (N or @alias)")
+    p.add_argument("--reason", required=True, help="why (recorded in the history with who and when)")
     p.add_argument("--alias", default="champion", help="alias to move (default: %(default)s)")
 
 
+def stage_hook():
+    """ZenML's model version stages follow champion moves when a ZenML store is at hand (a project's
+    .zenml, or $ZENML_CONFIG_PATH); ZenML is imported only if a moved version names a ZenML model version."""
+    import os
+
+    from labelspace.app import prepare_environment, telemetry_off
+
+    telemetry_off()
+    try:
+        prepare_environment()
+    except FileNotFoundError:
+        if not os.environ.get("ZENML_CONFIG_PATH"):
+            return None
+
+    def hook(promoted, replaced) -> str:
+        if not any(v is not None and v.tags.get("zenml.model_version") for v in (promoted, replaced)):
+            return ""
+        from labelspace.pipelines.run import zenml_stage_hook
+
+        return zenml_stage_hook(promoted, replaced)
+
+    return hook
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    previous = alias_holder(args.model, args.alias)
-    promote(args.model, args.version, args.alias)
-    now = _client().get_model_version(args.model, str(args.version))
-    before = f"version {previous}" if previous is not None else "no version"
-    if previous == str(now.version):
-        print(f"{args.model}@{args.alias} already names version {now.version}; nothing moved")
-    else:
-        print(f"{args.model}@{args.alias}: {before} -> version {now.version}")
+    from labelspace.lifecycle.champion import promote_version
+    from labelspace.lifecycle.registry import resolve_version
+
+    move = promote_version(args.model, args.version, reason=args.reason, alias=args.alias, stage_hook=stage_hook())
+    print(move.line())
+    if move.note:
+        print(f"  {move.note}")
+    now = resolve_version(args.model, move.version, ready=False)
     lineage = {k: v for k, v in now.tags.items() if k.startswith(("data.", "code.", "params.", "zenml."))}
     for key in sorted(lineage):
         print(f"  {key} = {lineage[key]}")

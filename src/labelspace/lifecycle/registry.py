@@ -2,7 +2,11 @@
 
 Aliases only, never the deprecated stages: a new version gets `challenger`; promotion moves
 `champion` (an alias names at most one version, so moving it is one call and needs no demotion).
-`labelspace promote --model labelspace --version N [--alias champion]` is the command-line door.
+`promote()` here is the bare move; labelspace.lifecycle.champion moves `champion` under the registry
+lock and records it in the history (`labelspace promote --version N --reason ...`).
+
+Every call goes through labelspace.lifecycle.retry: a busy sqlite database is retried with a bounded
+backoff, then reported in one line.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from labelspace.lifecycle.tracking import configure_mlflow
+from labelspace.lifecycle.retry import RetryingClient, call
+from labelspace.lifecycle.retry import client as retrying_client
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +28,8 @@ DEFAULT_MODEL_NAME = "labelspace"
 READY_TIMEOUT_S = 300
 
 
-def _client() -> MlflowClient:
-    configure_mlflow()
-    return MlflowClient()
+def _client() -> RetryingClient | MlflowClient:
+    return retrying_client()
 
 
 def _is_missing(error: MlflowException) -> bool:
@@ -77,7 +81,7 @@ def register_model(
                 raise
     # mlflow.register_model resolves runs:/ and models:/ URIs to the logged model (MLflow 3 links
     # the version to its LoggedModel); waiting is ours, so a slow registry gets a clear error.
-    version = mlflow.register_model(model_uri, model_name, await_registration_for=0, tags=tags)
+    version = call(mlflow.register_model, model_uri, model_name, await_registration_for=0, tags=tags)
     version = _wait_until_ready(client, version, READY_TIMEOUT_S)
     if description:
         client.update_model_version(model_name, version.version, description=description)
@@ -107,6 +111,7 @@ def register_trained_model(
     it as `register.alias` (config.RegisterConfig) with every lineage tag; nothing when a version
     already holds the same weights. `package()` gives (open vocabulary, input example image)."""
     from labelspace.lifecycle.lineage import lineage_tags
+    from labelspace.lifecycle.versions import source_hash
     from labelspace.serving.pyfunc import log_labelspace_model
 
     name, alias = register.model_name, register.alias
@@ -122,7 +127,7 @@ def register_trained_model(
         weights_hash=model.provenance.get("weights_hash"), repo_root=repo_root,
         zenml_model_name=zenml_model[0] if zenml_model else None,
         zenml_model_version=zenml_model[1] if zenml_model else None,
-        extra={"model.content_hash": content_hash,
+        extra={"model.content_hash": content_hash, "code.source_hash": source_hash(),
                **{f"metrics.top3.{k}": f"{top3[k]:.4f}" for k in ("C-F1", "O-F1") if k in top3}},
     )
     open_vocabulary, example = package()
@@ -143,19 +148,69 @@ def alias_holder(model_name: str, alias: str) -> str | None:
         raise
 
 
-def promote(model_name: str, version: str | int, alias: str = "champion") -> None:
-    """Point `alias` at `version` of `model_name` (taking it from whichever version had it)."""
-    client = _client()
+def versions(model_name: str, client=None) -> list[ModelVersion]:
+    """Every (not deleted) version of `model_name`, oldest first; [] when there is no such model."""
+    client = client or _client()
+    found = client.search_model_versions(f"name = '{_quoted(model_name)}'")
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def resolve_version(model_name: str, ref: str | int, *, ready: bool = True, client=None) -> ModelVersion:
+    """The version `ref` names: a number ('3') or an alias ('@champion'). A clear ValueError when the
+    model, the version or the alias does not exist, the version was deleted, or (ready=True) it is not READY."""
+    client = client or _client()
+    ref = str(ref).strip()
+    if ref.startswith("@"):
+        alias = ref[1:]
+        try:
+            version = client.get_model_version_by_alias(model_name, alias)
+        except MlflowException as e:
+            if not (_is_missing(e) or e.error_code == "INVALID_PARAMETER_VALUE"):
+                raise
+            raise ValueError(f"model {model_name!r} has no alias @{alias}; {_aliases_listing(model_name, client)}") from None
+        number = str(version.version)
+        try:  # an alias whose version is gone (a backend that keeps aliases of deleted versions)
+            version = client.get_model_version(model_name, number)
+        except MlflowException as e:
+            if not _is_missing(e):
+                raise
+            raise ValueError(f"{model_name}@{alias} names version {number}, which was deleted; move the alias "
+                             f"with `labelspace promote --version N --alias {alias} --reason ...`") from None
+    else:
+        if not ref.isdigit():
+            raise ValueError(f"{ref!r} is neither a version number nor an @alias (e.g. 3 or @champion)")
+        try:
+            version = client.get_model_version(model_name, ref)
+        except MlflowException as e:
+            if not _is_missing(e):
+                raise
+            existing = [str(v.version) for v in versions(model_name, client)]
+            listing = ", ".join(existing) if existing else "none: register a model first"
+            raise ValueError(f"model {model_name!r} has no version {ref} (deleted, or never registered); "
+                             f"its versions are {listing}") from None
+    if ready and version.status != "READY":
+        raise ValueError(f"{model_name} version {version.version} is {version.status}, not READY"
+                         f"{': ' + version.status_message if version.status_message else ''}; wait for it or pick another")
+    return version
+
+
+def _aliases_listing(model_name: str, client) -> str:
     try:
-        target = client.get_model_version(model_name, str(version))
+        aliases = client.get_registered_model(model_name).aliases or {}
     except MlflowException as e:
-        if not _is_missing(e):
-            raise
-        existing = sorted(int(v.version) for v in client.search_model_versions(f"name = '{_quoted(model_name)}'"))
-        listing = ", ".join(map(str, existing)) if existing else "none: register a model first"
-        raise ValueError(f"model {model_name!r} has no version {version}; its versions are {listing}") from None
-    if target.status != "READY":
-        raise ValueError(f"{model_name} version {version} is {target.status}, not READY; wait for it or pick another")
+        if _is_missing(e):
+            return "there is no such registered model yet: run the pipeline first"
+        raise
+    if not aliases:
+        return "it has no aliases yet"
+    return "its aliases: " + ", ".join(f"@{a} -> version {v}" for a, v in sorted(aliases.items()))
+
+
+def promote(model_name: str, version: str | int, alias: str = "champion") -> None:
+    """Point `alias` at `version` of `model_name` (taking it from whichever version had it), unrecorded;
+    labelspace.lifecycle.champion.promote_version is the recorded, locked move."""
+    client = _client()
+    target = resolve_version(model_name, version, client=client)
     client.set_registered_model_alias(model_name, alias, target.version)
 
 

@@ -1,4 +1,5 @@
-"""run_training: the data versions, the stack, then the training pipeline on one typed config."""
+"""run_training: the data versions, the stack, then the training pipeline on one typed config; the
+ZenML side of a champion move (model version stages)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ def run_training(config: Config, *, dataset: str | None = None, vectors: str | N
                  no_cache: bool = False) -> dict[str, Any]:
     """Run `labelspace_training` on `config` (dataset and vectors default to params.yaml's); returns
     the metrics report. `no_cache` reruns every step and retrains from scratch (no checkpoint resume)."""
+    return run_pipeline(config, dataset=dataset, vectors=vectors, no_cache=no_cache)[0]
+
+
+def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | None = None,
+                 no_cache: bool = False, schedule: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """As run_training, returning (metrics report, the gate step's `gate_report`). `schedule`, a cron
+    expression, hands the pipeline to an orchestrator that supports schedules (Kubeflow, Airflow,
+    Vertex, ...; not the local one) instead of running it: ({}, {}) then (docs/lifecycle.md)."""
     from labelspace.data.versions import dataset_version
     from labelspace.lifecycle.tracking import configure_mlflow, ensure_experiment
     from labelspace.training.fit import held_out_labels
@@ -37,14 +46,55 @@ def run_training(config: Config, *, dataset: str | None = None, vectors: str | N
     ensure_experiment(EXPERIMENT, root)
     ensure_stack(tracking_uri)
     report_path = config.resolve(config.evaluate.report)
-    training_pipeline.with_options(enable_cache=not no_cache)(
+    options: dict[str, Any] = {"enable_cache": not no_cache}
+    if schedule:
+        from zenml.config.schedule import Schedule
+
+        options["schedule"] = Schedule(name="labelspace-retrain", cron_expression=schedule)
+    run = training_pipeline.with_options(**options)(
         dataset=str(dataset_path), dataset_version=versions["dataset"], image_size=config.ingest.image_size,
         cache_dir=str(config.resolve(config.ingest.cache_dir)), vectors_path=str(vectors_path),
         vectors_version=versions["vectors"], vectors=config.vectors, embedding=config.embedding, model=config.model,
         loss=config.loss, train_config=config.train, evaluate_config=config.evaluate,
-        register_config=config.register, held_out=held_out.labels, not_concepts=held_out.not_concepts,
+        register_config=config.register, promote_config=config.promote, params=config.params,
+        held_out=held_out.labels, not_concepts=held_out.not_concepts,
         params_hash=config.hash, project_root=str(root),
         checkpoint_dir=str(config.resolve(config.train.checkpoint_dir)), report_path=str(report_path),
         resume=not no_cache,
     )
-    return json.loads(Path(report_path).read_text())
+    if schedule:
+        return {}, {}
+    return json.loads(Path(report_path).read_text()), _gate_report(run)
+
+
+def _gate_report(run) -> dict[str, Any]:
+    from zenml.client import Client
+
+    steps = Client().get_pipeline_run(run.id).steps
+    if "gate" not in steps or not steps["gate"].outputs.get("gate_report"):
+        return {}
+    return steps["gate"].outputs["gate_report"][0].load()
+
+
+def zenml_stage_hook(promoted, replaced) -> str:
+    """ZenML's model versions follow a champion move: `production` for the MLflow version now champion
+    (ZenML archives the one that was), `archived` for the one it replaced. The MLflow versions name their
+    ZenML model version in the tags zenml.model_name / zenml.model_version. Returns what was done."""
+    from zenml.client import Client
+    from zenml.enums import ModelStages
+
+    notes = []
+    for version, stage in ((promoted, ModelStages.PRODUCTION), (replaced, ModelStages.ARCHIVED)):
+        if version is None:
+            continue
+        name, number = version.tags.get("zenml.model_name"), version.tags.get("zenml.model_version")
+        if not name or not number or "unknown" in (name, number):
+            notes.append(f"MLflow version {version.version} names no ZenML model version")
+            continue
+        try:
+            Client().update_model_version(name, number, stage=stage, force=True)
+        except (KeyError, ValueError, RuntimeError) as e:
+            notes.append(f"ZenML model {name} version {number} not updated ({str(e).splitlines()[0][:200]})")
+            continue
+        notes.append(f"ZenML model {name} version {number}: {stage.value}")
+    return "; ".join(notes)

@@ -1,4 +1,5 @@
-"""The training pipeline: ingest -> embed_labels -> train (label space, BCE baseline) -> evaluate -> register."""
+"""The training pipeline: ingest -> embed_labels -> train (label space, BCE baseline) -> evaluate -> register
+-> gate (the challenger against the champion on the same test split; labelspace.lifecycle.gatekeeper)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from labelspace.config import (
     EvaluateConfig,
     LossConfig,
     ModelConfig,
+    PromoteConfig,
     RegisterConfig,
     TrainConfig,
     VectorsConfig,
 )
 from labelspace.steps.embed_labels import embed_labels
 from labelspace.steps.evaluate import evaluate
+from labelspace.steps.gate import gate
 from labelspace.steps.ingest import ingest
 from labelspace.steps.register import register
 from labelspace.steps.train import train
@@ -42,6 +45,8 @@ def training_pipeline(
     train_config: TrainConfig,
     evaluate_config: EvaluateConfig,
     register_config: RegisterConfig,
+    promote_config: PromoteConfig,
+    params: dict,
     held_out: list[str],
     not_concepts: list[str],
     params_hash: str,
@@ -50,7 +55,8 @@ def training_pipeline(
     report_path: str,
     resume: bool = True,
 ) -> None:
-    """Sections come from params.yaml (labelspace.config); paths are absolute; versions are DVC hashes."""
+    """Sections come from params.yaml (labelspace.config), `params` is the whole file (logged with the
+    run); paths are absolute; versions are DVC hashes."""
     manifest, concepts, _, data = ingest(dataset=dataset, dataset_version=dataset_version, image_size=image_size,
                                          cache_dir=cache_dir)
     labels, label_vectors, _ = embed_labels(concepts=concepts, vectors=vectors, vectors_path=vectors_path,
@@ -65,6 +71,12 @@ def training_pipeline(
         label_vectors=label_vectors, evaluate=evaluate_config, held_out=held_out, not_concepts=not_concepts,
         report_path=report_path, feature_batch_size=train_config.feature_batch_size,
     )
-    register(model=labelspace_model, metrics=metrics, prepared_data=data, vectors_path=vectors_path,
-             vectors_version=vectors_version, params_hash=params_hash, register=register_config,
-             project_root=project_root)
+    registered = register(model=labelspace_model, metrics=metrics, prepared_data=data, vectors_path=vectors_path,
+                          vectors_version=vectors_version, params_hash=params_hash, register=register_config,
+                          project_root=project_root)
+    # The registry is the gate's state (who is champion): never taken from ZenML's cache.
+    gate.with_options(enable_cache=False)(
+        registered=registered, metrics=metrics, manifest=manifest, prepared_data=data, labels=labels,
+        label_vectors=label_vectors, held_out=held_out, evaluate=evaluate_config, promote=promote_config,
+        params=params, feature_batch_size=train_config.feature_batch_size,
+    )

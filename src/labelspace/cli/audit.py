@@ -1,0 +1,45 @@
+"""`labelspace audit VERSION|@ALIAS [--json]`, `audit --diff A B`, `audit --dataset-version HASH`: what
+produced a model version, how two differ, which versions one dataset made (labelspace.lifecycle.audit)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from labelspace.lifecycle.registry import DEFAULT_MODEL_NAME
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("version", nargs="?", help="a version number or an @alias (e.g. 3, @champion)")
+    p.add_argument("--diff", nargs=2, metavar=("A", "B"), help="params, data, code and metrics of B against A")
+    p.add_argument("--dataset-version", metavar="HASH", help="every version trained on this data version (or prefix)")
+    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="registered model name (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+
+
+def _project_root():
+    from labelspace.app import find_params_file
+
+    try:
+        return find_params_file().parent
+    except FileNotFoundError:
+        return None
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from labelspace.lifecycle import audit
+
+    chosen = [x for x in (args.version, args.diff, args.dataset_version) if x]
+    if len(chosen) != 1:
+        raise ValueError("give exactly one of VERSION|@ALIAS, --diff A B, --dataset-version HASH")
+    if args.diff:
+        result = audit.diff(args.model, *args.diff, project_root=_project_root())
+        text = audit.format_diff(result)
+    elif args.dataset_version:
+        result = audit.by_dataset(args.model, args.dataset_version)
+        text = audit.format_by_dataset(args.model, args.dataset_version, result)
+    else:
+        result = audit.audit(args.model, args.version, project_root=_project_root())
+        text = audit.format_audit(result)
+    print(json.dumps(result, indent=2, default=str) if args.json else text)
+    return 0
