@@ -85,9 +85,13 @@ class IngestConfig:
     dataset: str
     image_size: int
     cache_dir: str
+    shard_size: int | None
 
     def check(self) -> dict[str, str]:
-        return _at_least(self, 8, "image_size")
+        problems = _at_least(self, 8, "image_size")
+        if self.shard_size is not None and self.shard_size < 1:
+            problems["shard_size"] = "null (one array) or at least 1 image per shard"
+        return problems
 
 
 @dataclass(frozen=True)

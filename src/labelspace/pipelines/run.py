@@ -53,6 +53,7 @@ def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | N
         options["schedule"] = Schedule(name="labelspace-retrain", cron_expression=schedule)
     run = training_pipeline.with_options(**options)(
         dataset=str(dataset_path), dataset_version=versions["dataset"], image_size=config.ingest.image_size,
+        shard_size=config.ingest.shard_size,
         cache_dir=str(config.resolve(config.ingest.cache_dir)), vectors_path=str(vectors_path),
         vectors_version=versions["vectors"], vectors=config.vectors, embedding=config.embedding, model=config.model,
         loss=config.loss, train_config=config.train, evaluate_config=config.evaluate,

@@ -8,7 +8,7 @@ from zenml import log_metadata, step
 
 @step(experiment_tracker=True)
 def ingest(
-    dataset: str, dataset_version: str, image_size: int, cache_dir: str
+    dataset: str, dataset_version: str, image_size: int, shard_size: int | None, cache_dir: str
 ) -> tuple[
     Annotated[pd.DataFrame, "manifest"],
     Annotated[list[str], "concepts"],
@@ -19,7 +19,8 @@ def ingest(
     from labelspace.data.prepared import PreparedData
     from labelspace.lifecycle.tracking import log_ingest_report
 
-    data = PreparedData(dataset=dataset, version=dataset_version, image_size=image_size, cache_dir=cache_dir)
+    data = PreparedData(dataset=dataset, version=dataset_version, image_size=image_size, cache_dir=cache_dir,
+                        shard_size=shard_size)
     report = data.ensure()
     manifest, concepts = data.manifest()
     counts = log_ingest_report(report)
