@@ -96,12 +96,14 @@ def label_map(labels: Sequence[str], xy: np.ndarray, method: str, held_out: Sequ
                    plt.Line2D([], [], marker="D", color="grey", linestyle="", label="held out (never trained on)")]
         if any(e.get("threshold") for e in images):
             handles.append(plt.Line2D([], [], color="tab:purple", linestyle="--", label="decision threshold"))
-        fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=10, frameon=False)
-        fig.text(0.5, 0.06, "In each image's map a label's distance from the star is exactly sqrt(D) = ||A w||: "
-                 "close = relevant.\nDirections are a 2-D projection of the A w.", ha="center", fontsize=10)
+        height = fig.get_figheight()  # the legend and the note take the bottom 1.2 inches
+        fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=10, frameon=False,
+                   bbox_to_anchor=(0.5, 0.05 / height))
+        fig.text(0.5, 0.72 / height, "In each image's map a label's distance from the star is exactly sqrt(D) = "
+                 "||A w||: close = relevant.\nDirections are a 2-D projection of the A w.", ha="center", fontsize=10)
     with warnings.catch_warnings():  # the thumbnails are insets, which tight_layout leaves where they are
         warnings.simplefilter("ignore", UserWarning)
-        fig.tight_layout(rect=(0, 0.1 if images else 0, 1, 1))
+        fig.tight_layout(rect=(0, 1.25 / fig.get_figheight() if images else 0, 1, 1))
     return fig
 
 

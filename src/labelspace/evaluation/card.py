@@ -30,6 +30,7 @@ class CardInputs:
     labels: list[str]  # the training labels
     calibration: dict[str, Any]
     params: dict[str, str] = field(default_factory=dict)  # the run's params
+    epochs: int | None = None  # epochs in the bundle's history (when the run holds no training params)
     report: dict[str, Any] | None = None  # the run's reports/metrics.json
     analysis: dict[str, Any] | None = None  # the run's analysis/analysis.json (labelspace analyze)
     plots: dict[str, bytes] = field(default_factory=dict)  # PNG bytes by file name

@@ -126,6 +126,8 @@ def _model_rows(c) -> list[list[Any]]:
     train = {k.split(".")[-1]: params.get(f"labelspace.train.{k}") for k in ("epochs", "batch_size", "lr", "lr_decay")}
     if any(train.values()):
         rows.append(["training", ", ".join(f"{k} {v}" for k, v in train.items() if v is not None)])
+    elif c.epochs:  # a run whose training steps ZenML took from its cache logged no training params
+        rows.append(["training", f"{c.epochs} epochs (from the model's history; the run holds no training params)"])
     cal = c.calibration
     if cal:
         rows.append(["thresholded decision", f"Platt scaling on {cal.get('n_images', '?')} validation images, "
@@ -243,8 +245,10 @@ def _analysis_blocks(c, analysis: dict) -> list[dict[str, Any]]:
     else:
         a_data = analysis.get("data", {})
         seconds = f" in {analysis['seconds_total']:.0f} s" if analysis.get("seconds_total") else ""
+        note = f" {analysis['baseline_note'].rstrip('.')}." if analysis.get("baseline_note") else ""
         blocks.append(p(f"`labelspace analyze` ran on the {a_data.get('n_test_images', '?')} test images of "
-                        f"`{a_data.get('dataset', '?')}`{seconds}; the per-class F1 of both heads is under Metrics."))
+                        f"`{a_data.get('dataset', '?')}`{seconds}; the per-class F1 of both heads is under Metrics."
+                        + note))
         committee = analysis["committee"]
         blocks += [h3("The committee of the rows of A (paper Table 5)"),
                    p(f"Each of the k = {committee['n_rows']} rows a_i of A ranks the labels by (a_i·w)²; each votes "
@@ -260,8 +264,6 @@ def _analysis_blocks(c, analysis: dict) -> list[dict[str, Any]]:
                        table(["k", "top-3 C-F1", "top-3 O-F1", "top-5 C-F1", "top-5 O-F1", "train s"],
                              [[r["k"], _pct(r["top3_C-F1"]), _pct(r["top3_O-F1"]), _pct(r["top5_C-F1"]),
                                _pct(r["top5_O-F1"]), r.get("train_seconds", "–")] for r in sweep["rows"]])]
-        if analysis.get("baseline_note"):
-            blocks.append(p(analysis["baseline_note"]))
     shown = {name for name, _ in PLOTS if name in c.plots}
     plots = list(PLOTS[1:]) + [(name, cap) for name, cap in FALLBACK_PLOTS
                            if not ({"per_class_f1_heads.png", "label_map.png"} & shown)]

@@ -38,6 +38,7 @@ def training_curves(history_by_model: dict[str, list[dict[str, float]]]):
         losses = np.array([r["loss"] for r in history])
         ax.plot(epochs, losses / max(losses[0], 1e-12), marker="o", label=f"{name} (÷{losses[0]:.3g})")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("training loss / first epoch's")
     ax.legend()
     if keys:
@@ -51,6 +52,7 @@ def training_curves(history_by_model: dict[str, list[dict[str, float]]]):
                     ax.plot(e, np.array(v) * 100, marker=".", color=f"C{colour}", linestyle=style,
                             label=f"{name} {key[4:]}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel("validation (%)")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()

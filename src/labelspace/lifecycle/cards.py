@@ -58,8 +58,8 @@ class VersionRecord:
             created=created.strftime("%Y-%m-%d %H:%M UTC"), run_id=self.run_id or "none",
             tracking_uri=_shown_uri(self.tracking_uri), tags=self.tags, spec=self.bundle.spec.to_dict(),
             labels=list(self.bundle.labels), calibration=dict(self.bundle.calibration or {}),
-            params=dict(self.run.data.params) if self.run else {}, report=self.report, analysis=self.analysis,
-            plots=dict(self.plots))
+            params=dict(self.run.data.params) if self.run else {}, epochs=len(self.bundle.history) or None,
+            report=self.report, analysis=self.analysis, plots=dict(self.plots))
 
 
 def _client():
