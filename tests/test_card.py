@@ -175,6 +175,9 @@ def test_a_registered_version_round_trips_through_its_card(registered, trained, 
     assert record.analysis is None and set(record.plots) == {"training_curves.png"}
     with pytest.raises(ValueError, match="has no version 9; its versions are 1 @challenger"):
         load_version("9", "card-test")
+    early = build_card(record.card_inputs())  # before `labelspace analyze`: it says so, and shows what the run has
+    assert "No analysis logged for this version: run `labelspace analyze --version 1`" in early.markdown
+    assert list(early.images) == ["training_curves.png"]
 
     summary = card_inputs(trained).analysis
     (tmp_path / "analysis.json").write_text(json.dumps(summary))
