@@ -37,7 +37,7 @@ test-fast: setup
 
 run: setup
 	$(BIN)/labelspace setup-stack
-	$(BIN)/dvc repro train   # the default job; datasets/nuswide/dvc.yaml is repro-ed on its own
+	$(BIN)/dvc repro card    # data, training pipeline, analyses, model card; datasets/nuswide/dvc.yaml is repro-ed on its own
 	$(BIN)/labelspace report
 
 lint: setup
