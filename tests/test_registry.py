@@ -101,7 +101,7 @@ def rank_in_fresh_process(model_uri: str, image: Path, env: dict[str, str]) -> d
 
 def check_ranking(result: dict) -> None:
     default, top2, restricted = result["default"], result["top2"], result["restricted"]
-    assert default["columns"] == ["labels", "distances", "decided", "probabilities"]
+    assert default["columns"] == ["labels", "distances", "decided", "probabilities", "uncalibrated"]
     assert [sorted(x) for x in default["labels"]] == [sorted(LABELS)] * 2
     for block in (default, top2, restricted):
         for distances in block["distances"]:
