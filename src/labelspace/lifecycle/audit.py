@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ PARAMS_ARTIFACT = "params/params.yaml"
 
 
 def _time(ms: int | None) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds") if ms else ""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if ms else ""
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -137,9 +137,17 @@ def diff(model_name: str, a: str, b: str, *, project_root: Path | None = None) -
 
 
 def by_dataset(model_name: str, dataset_version: str) -> list[dict[str, Any]]:
+    """Versions whose data.dataset_version starts with `dataset_version` (DVC's md5, as dvc.lock writes
+    it; a leading 'md5:' is dropped when nothing matches with it)."""
     client = mlflow_client()
-    query = f"name = '{_quoted(model_name)}' and tags.`data.dataset_version` LIKE '{_quoted(dataset_version)}%'"
-    found = sorted(client.search_model_versions(query), key=lambda v: int(v.version))
+
+    def search(prefix: str) -> list:
+        query = f"name = '{_quoted(model_name)}' and tags.`data.dataset_version` LIKE '{_quoted(prefix)}%'"
+        return sorted(client.search_model_versions(query), key=lambda v: int(v.version))
+
+    found = search(dataset_version)
+    if not found and dataset_version.startswith("md5:"):
+        found = search(dataset_version.removeprefix("md5:"))
     aliases: dict[str, list[str]] = {}
     if found:  # a search does not fill in aliases on every backend: the registered model has them all
         for alias, number in (client.get_registered_model(model_name).aliases or {}).items():

@@ -19,8 +19,9 @@ labelspace.pipelines.run) and returns a note recorded with the event; it cannot 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from labelspace.lifecycle import history
 from labelspace.lifecycle.lock import RegistryLock

@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from labelspace.lifecycle import history
 from labelspace.lifecycle.champion import CHAMPION, StageHook, champion_lock, move_locked

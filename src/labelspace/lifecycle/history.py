@@ -28,7 +28,7 @@ from __future__ import annotations
 import getpass
 import socket
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from labelspace.lifecycle.retry import RetryingClient
@@ -48,7 +48,7 @@ def actor() -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def clip(text: str, limit: int = TAG_LIMIT) -> str:

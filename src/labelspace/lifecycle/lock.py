@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from labelspace.lifecycle.retry import client as mlflow_client
 
@@ -179,7 +179,7 @@ class RegistryLock:
         tags = {"lock.owner": f"{getpass.getuser()}@{socket.gethostname()}", "lock.host": HOST,
                 "lock.pid": str(os.getpid()), "lock.purpose": self.purpose,
                 "lock.command": " ".join(["labelspace", *sys.argv[1:]])[:500],
-                "lock.started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "lock.started": datetime.now(UTC).isoformat(timespec="seconds"),
                 "lock.lease_s": f"{self.lease_s:g}"}
         version = self.client.create_model_version(self.name, SOURCE, tags=tags, description="renewal 0")
         self.ticket = int(version.version)

@@ -20,7 +20,8 @@ import logging
 import os
 import random
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 RETRY_ENV = "LABELSPACE_REGISTRY_RETRY_S"
 DEFAULT_RETRY_S = 60.0
