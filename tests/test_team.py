@@ -137,6 +137,23 @@ def test_logged_artifact_lands_in_the_s3_bucket(stack, client, s3, logged_run):
     assert body == b"logged through the team server\n"
 
 
+def test_a_download_goes_through_a_presigned_url_the_store_checks(stack, client, logged_run, tmp_path):
+    """MLflow's server hands a client a presigned URL of the bucket for each download; the store
+    checks its signature (labelspace.deploy.presigned: moto alone answers such a URL with a 500)."""
+    experiment_id, run_id = logged_run
+    auth = (stack["env"]["MLFLOW_TRACKING_USERNAME"], stack["env"]["MLFLOW_TRACKING_PASSWORD"])
+    status, body = _get(f"{stack['mlflow_uri']}/api/2.0/mlflow-artifacts/presigned/{experiment_id}/{run_id}/"
+                        "artifacts/note.txt", auth=auth)
+    assert status == 200, body
+    url = json.loads(body)["url"]
+    assert url.startswith(f"{stack['s3_endpoint']}/{stack['buckets']['artifacts']}/") and "X-Amz-Signature=" in url
+    assert _get(url) == (200, "logged through the team server\n")
+    status, body = _get(url[:-4] + ("0000" if not url.endswith("0000") else "1111"))
+    assert status == 403 and "<Code>SignatureDoesNotMatch</Code>" in body
+    path = client.download_artifacts(run_id, "note.txt", str(tmp_path))  # what load_model does, file by file
+    assert Path(path).read_text() == "logged through the team server\n"
+
+
 def test_register_a_version_and_set_an_alias(client, logged_run):
     _, run_id = logged_run
     client.create_registered_model("labelspace-team-test")

@@ -29,6 +29,7 @@ from labelspace.deploy.s3server import REGION
 
 ADMIN_USER = "admin"
 TEAM_USER = "team"
+AUTH_CACHE_TTL_S = 60
 
 
 def write_auth_ini(layout: Layout, port: int, sec: dict[str, str]) -> None:
@@ -41,6 +42,10 @@ def write_auth_ini(layout: Layout, port: int, sec: dict[str, str]) -> None:
         "# Used only to create the admin user on an empty user store (MLflow has no default password).",
         f"admin_password = {sec['admin_password']}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        "# A login checked once a minute per worker, not on every request: each check is a scrypt hash",
+        "# (~0.2 s of CPU), and a pipeline run makes hundreds of requests. A password changed through the",
+        "# API holds at once on the worker that changed it, on the others within the minute.",
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}",
         "",
     ]))
 

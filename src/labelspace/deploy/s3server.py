@@ -7,7 +7,10 @@ its first request, so that a restart looks the same to clients:
   key on every start, which would break every teammate's `dvc remote modify --local` settings);
 - request signatures checked against that key (moto's INITIAL_NO_AUTH_ACTION_COUNT set to 0), so a
   wrong key gets S3's own InvalidAccessKeyId / SignatureDoesNotMatch error instead of being let in;
-- the buckets named on the command line.
+- the buckets named on the command line;
+- presigned URLs, which MLflow's server hands its clients for downloads: moto's checks only read the
+  Authorization header, so `labelspace.deploy.presigned` checks a query-signed request against the
+  key and passes it on header-signed.
 
 moto keeps every object in memory: stopping this process loses the buckets' contents.
 
@@ -117,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     from werkzeug.serving import run_simple
 
+    from labelspace.deploy.presigned import PresignedRequests
+
     prepare(key_id, secret, args.bucket)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    app = DomainDispatcherApplication(create_backend_app)
+    app = PresignedRequests(DomainDispatcherApplication(create_backend_app), key_id, secret, REGION)
     print(f"s3server: moto on http://{args.host}:{args.port}, buckets {', '.join(args.bucket) or '(none)'}", flush=True)
     run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
     return 0
