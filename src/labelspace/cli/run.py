@@ -22,7 +22,10 @@ def run_cli(args: argparse.Namespace) -> int:
     from labelspace.lifecycle.tracking import tracking_uri
     from labelspace.pipelines.run import run_training
 
+    # Read before the pipeline: ZenML's MLflow tracker ends each step with mlflow.set_tracking_uri(""),
+    # which leaves MLFLOW_TRACKING_URI empty in this process (a team's server would read as local sqlite).
+    uri = tracking_uri(config.root)
     report = run_training(config, dataset=args.dataset, vectors=args.vectors, no_cache=args.no_cache)
     print("\n" + metrics_table(report))
-    print(f"\nMLflow: {tracking_uri(config.root)}")
+    print(f"\nMLflow: {uri}")
     return 0

@@ -1,0 +1,418 @@
+"""The whole product against one team stack (issue 11): a tiny project, a git + DVC repository whose
+dataset is `dvc add`ed, runs the real `labelspace run` with nothing but the server's URI and the team
+credentials in its environment; the challenger lands in the registry with its artifacts in S3;
+`labelspace promote` moves champion; a second "machine" (another process and folder, the URI and
+credentials only) loads and serves the champion; a second clone pulls the dataset from the S3 remote
+and finds the version the registry recorded; the tracking server restarted during a run leaves the
+registry consistent. The stack runs in a temporary folder on free ports and is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from labelspace.app import TELEMETRY_OFF
+from labelspace.deploy import postgres, processes, s3server, team
+
+pytestmark = [pytest.mark.slow, pytest.mark.team]
+
+VENV_BIN = Path(sys.executable).parent
+MODEL = "labelspace"
+QUIET = lambda *_: None  # noqa: E731
+TIMES: dict[str, float] = {}  # what each step took, printed at the end (pytest -s)
+
+
+def _missing() -> str | None:
+    for module in ("psycopg2", "moto", "boto3", "flask_wtf", "alembic", "s3fs"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install -e '.[team]')"
+    try:
+        postgres.pg_bin()
+    except team.TeamError as e:
+        return str(e)
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root needs runuser to start PostgreSQL as the postgres user"
+    return None
+
+
+if (_reason := _missing()) is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+from mlflow import MlflowClient  # noqa: E402  (after the skip: needs the team extra's packages)
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its waited-for children: the machine is shared, wall time is not."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+CPU_AT_IMPORT = _cpu()
+
+
+def _timed(what: str, seconds: float, cpu: float | None = None) -> None:
+    TIMES[what] = round(seconds, 1)
+    print(f"\n[{seconds:6.1f} s{f', {cpu:6.1f} s CPU' if cpu is not None else ''}] {what}")
+
+
+def _member_env(stack: dict, **extra: str) -> dict[str, str]:
+    """A team member's environment: the caller's, minus every MLflow, ZenML, AWS, PostgreSQL, DVC and
+    labelspace setting, plus the three variables `team env` prints, telemetry off, the venv on PATH."""
+    dropped = ("MLFLOW_", "ZENML_", "AWS_", "PG", "DVC_", "LABELSPACE_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    env.update(TELEMETRY_OFF)
+    env.update(stack["env"])
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.com")
+    env.update(extra)
+    assert not any(stack["folder"] in value for value in env.values())  # nothing points at the server's files
+    return env
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 300, check: bool = True,
+         what: str | None = None) -> subprocess.CompletedProcess:
+    if argv[0] in ("labelspace", "dvc", "mlflow"):
+        argv = [str(VENV_BIN / argv[0]), *argv[1:]]
+    t0, cpu0 = time.monotonic(), _cpu()
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if what:
+        _timed(what, time.monotonic() - t0, _cpu() - cpu0)
+        print(textwrap.indent((result.stdout + result.stderr).strip()[-3000:], "    | "))
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def _python(code: str, cwd: Path, env: dict[str, str], what: str) -> dict:
+    result = _run([sys.executable, "-c", textwrap.dedent(code)], cwd, env, what=what)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def stack():
+    # Not under pytest's tmp_path: as root, PostgreSQL runs as `postgres`, which cannot enter
+    # /tmp/pytest-of-root (mode 700).
+    folder = Path(tempfile.mkdtemp(prefix="labelspace-product-"))
+    folder.chmod(0o711)
+    t0, cpu0 = time.monotonic(), _cpu()
+    try:
+        info = team.team_up(folder, postgres_port=0, s3_port=0, mlflow_port=0, workers=1, out=QUIET)
+        _timed("team up (fresh stack, 1 MLflow worker)", time.monotonic() - t0, _cpu() - cpu0)
+        with pytest.MonkeyPatch.context() as mp:  # this process reads the registry as a team member
+            for key, value in info["env"].items():
+                mp.setenv(key, value)
+            mp.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+            yield info
+    finally:
+        t0 = time.monotonic()
+        team.team_down(folder, out=QUIET)
+        _timed("team down", time.monotonic() - t0)
+        shutil.rmtree(folder, ignore_errors=True)
+        print("\nwhat each step took (s):\n" + "\n".join(f"  {v:6.1f}  {k}" for k, v in TIMES.items())
+              + f"\nCPU of the whole module: {_cpu() - CPU_AT_IMPORT:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return MlflowClient(tracking_uri=stack["mlflow_uri"], registry_uri=stack["mlflow_uri"])
+
+
+@pytest.fixture(scope="module")
+def s3(stack):
+    return s3server.s3_client(stack["ports"]["s3"], json.loads(Path(stack["folder"], "secrets.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def project(stack, tiny_dataset, small_vectors, tmp_path_factory, repo_root):
+    """A team member's project: a git repository with the tiny dataset `dvc add`ed under data/, the
+    team's DVC remote set as `team up` prints it, and params.yaml shrunk to run in about a minute."""
+    root = tmp_path_factory.mktemp("team-project")
+    env = _member_env(stack)
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["ingest"].update(dataset="data/fashion-canvas", image_size=32)
+    params["vectors"]["path"] = str(small_vectors)
+    params["train"].update(epochs=1, batch_size=32)
+    params["register"]["open_vocabulary_size"] = 2000
+    if "promote" in params:  # the promotion gate, where there is one, leaves champion to `labelspace promote`
+        params["promote"]["auto"] = False
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(tiny_dataset[0], root / "data" / "fashion-canvas")
+    t0 = time.monotonic()
+    _run(["git", "init", "-q"], root, env)
+    _run(["dvc", "init", "-q"], root, env)
+    for argv in stack["dvc_commands"]:  # exactly what `team up` prints
+        _run(argv, root, env)
+    _run(["dvc", "add", "-q", "data/fashion-canvas"], root, env)
+    (root / ".gitignore").write_text("/data/cache/\n/checkpoints/\n/reports/\n/.zenml/\n")
+    _run(["git", "add", "."], root, env)  # data/.gitignore (from dvc add) keeps the dataset itself out
+    _run(["git", "commit", "-qm", "tiny project"], root, env)
+    _timed("git init, dvc init, dvc remote (team), dvc add of the dataset", time.monotonic() - t0)
+    return root
+
+
+def _restart_mlflow(stack) -> float:
+    t0 = time.monotonic()
+    assert team.team_down(stack["folder"], out=QUIET, only=("mlflow",)) == ["mlflow"]
+    info = team.team_up(stack["folder"], workers=1, out=QUIET)
+    assert info["started"] == ["mlflow"]
+    return time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def first_run(stack, project, client, s3):
+    """`labelspace run` of the project, the tracking server stopped and started again once ZenML
+    logs that the register step has started. MLflow's client retries a refused connection and 5xx
+    answers (7 times, backoff 2 s), so the run completes, or it fails with one line; in that case
+    the registry is checked and the run repeated (ZenML's cache skips what had finished)."""
+    env = _member_env(stack, ZENML_LOGGING_VERBOSITY="INFO", ZENML_LOGGING_COLORS_DISABLED="true")
+    lines: list[str] = []
+    registering = threading.Event()
+    t0, cpu0 = time.monotonic(), _cpu()
+    proc = subprocess.Popen([str(VENV_BIN / "labelspace"), "run"], cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if re.search(r"Step\W+register\W+has started", line):
+                registering.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        while not registering.wait(1):
+            assert proc.poll() is None, "the run ended before its register step:\n" + "".join(lines[-80:])
+            assert time.monotonic() - t0 < 900, "no register step after 900 s:\n" + "".join(lines[-80:])
+        restart_s = _restart_mlflow(stack)
+        _timed("tracking server restarted while the register step runs", restart_s)
+        rc = proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=10)
+    reader.join(timeout=10)
+    _timed(f"labelspace run (tiny project), the server restarted during it: exit {rc}", time.monotonic() - t0,
+           _cpu() - cpu0)
+    output = "".join(lines)
+    print(textwrap.indent(output.strip()[-3000:], "    | "))
+    run = SimpleNamespace(rc=rc, output=output, restart_s=restart_s, problems=_consistent(client, s3, stack),
+                          final=output)
+    if rc != 0:
+        run.final = _run(["labelspace", "run"], project, _member_env(stack), timeout=900,
+                         what="labelspace run again, after the failed one").stdout
+    return run
+
+
+@pytest.fixture(scope="module")
+def promoted(stack, project, first_run):
+    from labelspace.cli import promote
+
+    parser = argparse.ArgumentParser()
+    promote.configure_parser(parser)
+    argv = ["labelspace", "promote", "--version", "1"]
+    if any("--reason" in action.option_strings for action in parser._actions):
+        argv += ["--reason", "first model on the team server"]
+    return _run(argv, project, _member_env(stack), what="labelspace promote --version 1")
+
+
+@pytest.fixture(scope="module")
+def machine(stack, tiny_dataset, tmp_path_factory):
+    """A second machine: its own empty folder (no params.yaml, no stack folder) holding one photo."""
+    folder = tmp_path_factory.mktemp("second-machine")
+    shutil.copy(next((tiny_dataset[0] / "Flickr").rglob("*.jpg")), folder / "photo.jpg")
+    return folder
+
+
+def _artifact_keys(client, s3, stack, version) -> list[str]:
+    """The S3 keys under the artifact location of a model version (relative to it)."""
+    uri = client.get_model_version_download_uri(version.name, version.version)
+    assert uri.startswith("mlflow-artifacts:/"), uri  # proxied: clients never see the bucket
+    prefix = "artifacts/" + uri.removeprefix("mlflow-artifacts:").lstrip("/").rstrip("/") + "/"
+    listing = s3.list_objects_v2(Bucket=stack["buckets"]["artifacts"], Prefix=prefix)
+    return [o["Key"].removeprefix(prefix) for o in listing.get("Contents", [])]
+
+
+def _consistent(client, s3, stack) -> list[str]:
+    """Problems of the registry: a version stuck registering, or READY without its MLmodel in S3."""
+    problems = []
+    for v in client.search_model_versions(f"name = '{MODEL}'"):
+        if v.status != "READY":
+            problems.append(f"version {v.version} is {v.status}: {v.status_message}")
+        elif "MLmodel" not in _artifact_keys(client, s3, stack, v):
+            problems.append(f"version {v.version} is READY but has no MLmodel in S3")
+    return problems
+
+
+# --------------------------------------------------------------------------------------- tests
+
+
+def test_run_registers_the_challenger_with_its_artifacts_in_s3(stack, project, first_run, client, s3):
+    assert f"MLflow: {stack['mlflow_uri']}" in first_run.final  # not the project's sqlite
+    assert "labelspace" in first_run.final and "mAP" in first_run.final  # the metrics table
+    version = client.get_model_version_by_alias(MODEL, "challenger")
+    assert (version.version, version.status) == ("1", "READY")
+    for tag in ("data.dataset_version", "params.hash", "model.content_hash", "zenml.run_id"):
+        assert version.tags.get(tag), f"lineage tag {tag} missing: {version.tags}"
+    assert version.tags["data.dataset_version"].endswith(".dir")  # DVC's hash of the added folder
+    keys = _artifact_keys(client, s3, stack, version)
+    assert "MLmodel" in keys and any(k.startswith("artifacts/bundle/") for k in keys), keys
+    run_artifacts = [a.path for a in client.list_artifacts(version.run_id, "plots")]
+    assert "plots/per_class_f1.png" in run_artifacts
+    # Nothing tracked locally: no sqlite store, no ./mlruns.
+    assert not (project / "mlflow").exists() and not (project / "mlruns").exists()
+
+
+def test_the_server_restarted_during_the_run_left_nothing_half_registered(stack, first_run, client):
+    """The run completes on the client's retries, or fails with one line naming the server; every
+    version is READY with its MLmodel in S3 (checked right after the run, before any rerun)."""
+    if first_run.rc == 0:
+        assert "registered labelspace version 1 as @challenger" in first_run.output, first_run.output[-4000:]
+    else:
+        last = first_run.output.strip().splitlines()[-1]
+        assert last.startswith("labelspace run:") and stack["mlflow_uri"] in last, first_run.output[-4000:]
+    assert first_run.problems == []
+    assert "Traceback" not in first_run.output.strip().splitlines()[-1]
+    assert team.team_status(stack["folder"])["mlflow"]["healthy"]
+
+
+def test_promote_moves_champion_on_the_server(promoted, client):
+    assert "champion" in promoted.stdout and "version 1" in promoted.stdout, promoted.stdout
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+
+
+@pytest.fixture(scope="module")
+def serving(stack, promoted, machine):
+    """`mlflow models serve` of the champion on the second machine, started before the in-process
+    prediction so that the two load the model side by side; (url, process, log, start time)."""
+    port = processes.free_port()
+    log = machine / "serve.log"
+    argv = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
+            "-h", processes.HOST, "-p", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=machine, env=_member_env(stack), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield f"http://{processes.HOST}:{port}", proc, log, time.monotonic()
+    finally:
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the process group `proc` leads (`mlflow models serve` and the uvicorn it execs),
+    SIGKILL to what is left after `timeout`; returns once none of them is alive."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not processes.related(proc.pid):
+                return
+            time.sleep(0.2)
+    raise AssertionError(f"process group {proc.pid} did not stop")
+
+
+def test_the_champion_predicts_on_a_second_machine(stack, promoted, machine, serving, tiny_dataset):
+    ranked = _python("""
+        import base64, json, mlflow, pandas as pd
+        model = mlflow.pyfunc.load_model("models:/labelspace@champion")
+        frame = pd.DataFrame({"image": [base64.b64encode(open("photo.jpg", "rb").read()).decode()]})
+        out = model.predict(frame, params={"top_k": 3})
+        print(json.dumps({"labels": list(out["labels"][0]), "distances": [float(x) for x in out["distances"][0]]}))
+    """, machine, _member_env(stack), what="second machine: load models:/labelspace@champion and predict")
+    assert len(ranked["labels"]) == 3 and set(ranked["labels"]) <= set(tiny_dataset[2])
+    assert ranked["distances"] == sorted(ranked["distances"])
+
+
+def test_mlflow_models_serve_the_champion_on_a_second_machine(serving, machine, tiny_dataset):
+    url, proc, log, t0 = serving
+    processes.wait_healthy("mlflow models serve", lambda: processes.http_status(f"{url}/ping", timeout=2)[0] == 200,
+                           lambda: proc.poll() is None, log, 240)
+    _timed("second machine: mlflow models serve, up (started before the prediction above)", time.monotonic() - t0)
+    image = base64.b64encode((machine / "photo.jpg").read_bytes()).decode()
+    t0 = time.monotonic()
+    status, body = processes.http_status(f"{url}/invocations", method="POST", timeout=120, body={
+        "dataframe_split": {"columns": ["image"], "data": [[image]]}, "params": {"top_k": 3}})
+    _timed("POST /invocations", time.monotonic() - t0)
+    assert status == 200, body
+    (prediction,) = json.loads(body)["predictions"]
+    assert len(prediction["labels"]) == 3 and set(prediction["labels"]) <= set(tiny_dataset[2]), prediction
+    _stop_group(proc)
+    assert processes.http_status(f"{url}/ping", timeout=2)[0] == 0  # stopped, with its uvicorn
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_dataset_round_trips_through_the_s3_remote_to_a_second_clone(stack, project, first_run, client, s3,
+                                                                          tmp_path):
+    env = _member_env(stack)
+    _run(["dvc", "push", "-q", "-r", team.DVC_REMOTE], project, env, what="dvc push -r team (the dataset folder)")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack["buckets"]["dvc"]).get("Contents", [])]
+    assert any(k.endswith(".dir") for k in keys), keys  # the folder's manifest, beside its files
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(project), str(clone)], tmp_path, env)
+    assert not (clone / "data" / "fashion-canvas").exists() and not (clone / ".dvc" / "config.local").exists()
+    for argv in stack["dvc_commands"]:
+        if "--local" in argv:  # the key stays out of git: each clone sets it
+            _run(argv, clone, env)
+    _run(["dvc", "pull", "-q", "-r", team.DVC_REMOTE], clone, env, what="dvc pull -r team in a second clone")
+    assert _tree(clone / "data" / "fashion-canvas") == _tree(project / "data" / "fashion-canvas")
+    pulled = _run(["labelspace", "data-version", "data/fashion-canvas", "--verify"], clone, env).stdout.strip()
+    # the registry recorded the version the second clone now has
+    assert client.get_model_version(MODEL, "1").tags["data.dataset_version"] == pulled
+
+
+def test_audit_history_and_rollback_against_the_server(stack, project, promoted, client):
+    """The lifecycle commands of the lifecycle issue, run by a team member against the server. For
+    a rollback champion must have moved twice: version 2 is version 1's model registered again
+    through the API (a second training would double the test's time)."""
+    env = _member_env(stack)
+    audited = _run(["labelspace", "audit", "@challenger"], project, env, what="labelspace audit @challenger")
+    challenger = client.get_model_version_by_alias(MODEL, "challenger")
+    assert f"version {challenger.version}" in audited.stdout, audited.stdout
+    assert challenger.tags["data.dataset_version"] in audited.stdout  # what produced it, from the registry
+    first = client.get_model_version(MODEL, "1")
+    assert first.source.startswith("models:/m-"), first.source  # MLflow 3: the version names a logged model
+    lineage = {k: v for k, v in first.tags.items() if not k.startswith("zenml.")}  # one ZenML version, one MLflow one
+    second = client.create_model_version(MODEL, first.source, run_id=first.run_id, tags=lineage,
+                                         model_id=first.source.removeprefix("models:/"),
+                                         description="version 1's model, registered again")
+    assert (second.version, second.status) == ("2", "READY")
+    _run(["labelspace", "promote", "--version", "2", "--reason", "second model"], project, env,
+         what="labelspace promote --version 2")
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "2"
+    rolled = _run(["labelspace", "rollback", "--reason", "back to the first"], project, env,
+                  what="labelspace rollback")
+    assert "-> version 1" in rolled.stdout, rolled.stdout
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    history = _run(["labelspace", "history"], project, env, what="labelspace history")
+    assert "now names version 1" in history.stdout, history.stdout
+    assert [line.split()[0] for line in history.stdout.splitlines()[1:4]] == ["1", "2", "3"], history.stdout
