@@ -34,7 +34,10 @@ def installed(tmp_path_factory, repo_root):
     python = venv / "bin" / "python"
     purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
     Path(purelib, "labelspace-test-deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    done = _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)])
+    # --ignore-installed: the editable install's metadata is visible through the .pth file, and pip
+    # would otherwise call labelspace installed already.
+    done = _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+                 str(wheel)])
     assert done.returncode == 0, done.stderr[-3000:]
     return venv
 

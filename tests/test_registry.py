@@ -23,7 +23,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 from PIL import Image
-from support import labelspace_bundle
+from support import labelspace_bundle, project_config
 
 from labelspace.cli import main as cli_main
 from labelspace.data.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
@@ -58,6 +58,7 @@ def build_and_log(tmp: Path, experiment: str, zenml_run_id: str) -> SimpleNamesp
         info = log_labelspace_model(
             bundle,
             open_vocabulary=(list(kv.index_to_key[:2000]), kv.vectors[:2000]),
+            serving=project_config().serving,
         )
     tags = lineage_tags(
         dataset_version="md5:dataset-abc", vectors_version="md5:vectors-def", params_hash="0123456789abcdef",
@@ -290,7 +291,7 @@ def test_register_and_load_through_a_tracking_server(mlflow_server, tmp_path, mo
     version = register_model(logged.info.model_uri, tags=logged.tags)
     assert str(version.version) == "1" and version.aliases == ["challenger"]
     assert str(find_version_by_tag("labelspace", "params.hash", "0123456789abcdef").version) == "1"
-    assert list(mlflow_server.artifacts.rglob("state_dict.pt"))  # stored by the server, not locally
+    assert list(mlflow_server.artifacts.rglob("weights.pt"))  # stored by the server, not locally
     assert not (tmp_path / "mlruns").exists()
 
     image = fashion_jpeg_file(tmp_path / "garment.jpg")

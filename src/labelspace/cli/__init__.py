@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     # A level on the handler too: libraries that log at DEBUG on their own loggers propagate here.
     handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.basicConfig(level=handler.level, handlers=[handler])
+    # The package's own records (one line per epoch, per stage) pass whatever level ZenML gives the root.
+    logging.getLogger("labelspace").setLevel(handler.level)
     module = importlib.import_module(f"labelspace.cli.{COMMANDS[args.command][0]}")
     try:
         return int(module.run_cli(args) or 0)
