@@ -4,6 +4,7 @@ ZenML side of a champion move (model version stages)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,24 @@ def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | N
         from zenml.config.schedule import Schedule
 
         options["schedule"] = Schedule(name="labelspace-retrain", cron_expression=schedule)
-    run = training_pipeline.with_options(**options)(
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        run = _run(training_pipeline.with_options(**options), config, dataset_path, vectors_path, versions, held_out,
+                   report_path, no_cache)
+    finally:
+        # ZenML's MLflow tracker ends each step with mlflow.set_tracking_uri(""), which empties
+        # $MLFLOW_TRACKING_URI here: a team's server would then read as the project's sqlite.
+        if exported is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = exported
+        configure_mlflow(root)
+    if schedule:
+        return {}, {}
+    return json.loads(Path(report_path).read_text()), _gate_report(run)
+
+
+def _run(pipeline, config: Config, dataset_path, vectors_path, versions, held_out, report_path, no_cache):
+    root = config.root
+    return pipeline(
         dataset=str(dataset_path), dataset_version=versions["dataset"], image_size=config.ingest.image_size,
         shard_size=config.ingest.shard_size,
         cache_dir=str(config.resolve(config.ingest.cache_dir)), vectors_path=str(vectors_path),
@@ -63,9 +81,6 @@ def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | N
         checkpoint_dir=str(config.resolve(config.train.checkpoint_dir)), report_path=str(report_path),
         resume=not no_cache,
     )
-    if schedule:
-        return {}, {}
-    return json.loads(Path(report_path).read_text()), _gate_report(run)
 
 
 def _gate_report(run) -> dict[str, Any]:
