@@ -92,3 +92,11 @@ def test_an_expired_or_future_presigned_url_is_refused():
     earlier = lambda: datetime.now(UTC) - timedelta(minutes=20)  # noqa: E731
     status, body, _ = _call(url, now=earlier)
     assert status == 403 and "not yet valid" in body
+
+
+def test_generated_secrets_never_look_like_command_line_options():
+    """`dvc remote modify --local team secret_access_key VALUE` reads a leading '-' as an option."""
+    from labelspace.deploy.team import _token
+
+    tokens = [_token() for _ in range(2000)]  # a urlsafe token starts with '-' once in 64
+    assert not [t for t in tokens if t.startswith("-")] and len(set(tokens)) == len(tokens)

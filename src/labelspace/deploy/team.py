@@ -77,7 +77,12 @@ DVC_REMOTE = "team"
 
 
 def _token(n: int = 24) -> str:
-    return secrets.token_urlsafe(n)
+    """A URL-safe secret that never starts with '-': command lines (`dvc remote modify ... VALUE`,
+    the lines `team up` prints) would read it as an option."""
+    while True:
+        token = secrets.token_urlsafe(n)
+        if not token.startswith("-"):
+            return token
 
 
 def _load_secrets(layout: Layout) -> dict[str, str]:
