@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,8 @@ class FitResult:
     n_train_images: int
     n_val_images: int
     note: str = ""  # why there is no thresholded decision, when there is none
+    threads: int = 0  # torch threads it trained at (CPU)
+    seconds: dict[str, float] = field(default_factory=dict)  # train_model's phases, and calibration
 
 
 def fit_head(
@@ -100,6 +103,9 @@ def fit_head(
     splits = split_indices(manifest, train_config.val_fraction, train_config.seed)
     val_targets = targets[splits["val"]]
     feature_cache: dict[str, torch.Tensor] = {}
+    # The scores of the last validation, with the epoch they scored: after the last epoch the
+    # weights do not change again, so calibration reuses them instead of another pass.
+    last_scores: dict[str, object] = {}
 
     def val_scores(model: torch.nn.Module) -> np.ndarray:
         device = next(model.parameters()).device
@@ -112,6 +118,7 @@ def fit_head(
         if len(val_targets) == 0 or not val_targets.any():
             return {}
         scores = val_scores(model)
+        last_scores.update(epoch=epoch, scores=scores)
         top3 = topk_metrics(scores, val_targets, 3)
         return {"val_mAP": mean_average_precision(scores, val_targets), "val_top3_C-F1": top3["C-F1"],
                 "val_top3_O-F1": top3["O-F1"]}
@@ -122,17 +129,21 @@ def fit_head(
         pretrained=model_config.pretrained, weights_path=model_config.weights_path, data_key=data_key,
         resume=resume, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, validate=validate,
     )
-    calibration, note = {}, ""
+    calibration, note, start = {}, "", time.perf_counter()
+    final_scores = last_scores["scores"] if last_scores.get("epoch") == train_config.epochs else None
     try:
-        calibration = fit_calibration(val_scores(result.model), val_targets, head=head)
+        calibration = fit_calibration(final_scores if final_scores is not None else val_scores(result.model),
+                                      val_targets, head=head)
     except ValueError as e:  # e.g. no validation split: the model still ranks, without a threshold
         note = f"no thresholded decision: {e}"
         log.warning("%s: %s", head, note)
+    seconds = {**result.seconds, "calibration": time.perf_counter() - start}
     trained = TrainedModel(spec=spec, labels=train_labels, label_vectors=vectors,
                            state_dict=result.model.state_dict(), history=result.history,
                            calibration=calibration, provenance=backbone_provenance(result.model))
     return FitResult(model=trained, resumed_from_epoch=result.resumed_from_epoch,
-                     n_train_images=len(splits["train"]), n_val_images=len(splits["val"]), note=note)
+                     n_train_images=len(splits["train"]), n_val_images=len(splits["val"]), note=note,
+                     threads=result.threads, seconds=seconds)
 
 
 def backbone_provenance(model: torch.nn.Module) -> dict[str, str | None]:
