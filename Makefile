@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup system-packages test test-fast run lint bench clean team-up team-down
+.PHONY: setup lock system-packages test test-fast run lint bench clean team-up team-down
 
 setup: $(STAMP)
 
@@ -22,12 +22,15 @@ setup: $(STAMP)
 system-packages:
 	@bash scripts/install_system_packages.sh
 
-$(STAMP): pyproject.toml scripts/install_system_packages.sh
+# .venv with the project and the versions pinned in requirements.lock (uv, linked from its cache; pip
+# where uv cannot be had). After changing pyproject.toml's dependencies: `make lock` and commit the lock.
+$(STAMP): pyproject.toml requirements.lock scripts/install_system_packages.sh scripts/setup_venv.sh
 	@bash scripts/install_system_packages.sh
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,team]'
+	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_venv.sh
 	@touch $(STAMP)
+
+lock:
+	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_venv.sh lock
 
 test: setup
 	$(BIN)/python -m pytest -q
