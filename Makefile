@@ -14,13 +14,17 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lock system-packages test test-fast run lint bench clean team-up team-down
+.PHONY: setup lock system-packages datasets test test-fast run lint bench clean team-up team-down
 
 setup: $(STAMP)
 
 # Debian packages the project needs (Fashion-MNIST for the embedded dataset, PostgreSQL for `make team-up`).
 system-packages:
 	@bash scripts/install_system_packages.sh
+
+# Packages the real-tag datasets are built from (OpenMoji from npm into data/packages/; docs/datasets.md).
+datasets:
+	@bash scripts/fetch_datasets.sh
 
 # .venv with the project and the versions pinned in requirements.lock (uv, linked from its cache; pip
 # where uv cannot be had). After changing pyproject.toml's dependencies: `make lock` and commit the lock.
@@ -32,7 +36,7 @@ $(STAMP): pyproject.toml requirements.lock scripts/install_system_packages.sh sc
 lock:
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_venv.sh lock
 
-test: setup
+test: setup datasets
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

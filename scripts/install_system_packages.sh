@@ -5,6 +5,8 @@ packages=()
 [ -d /usr/share/datasets/fashion-mnist ] || packages+=(dataset-fashion-mnist)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || packages+=(postgresql)  # `labelspace team up`
 command -v chromium >/dev/null || packages+=(chromium)  # tests/test_card.py renders the model card headless
+compgen -G '/usr/lib/*/librsvg-2.so.2' >/dev/null || packages+=(librsvg2-2)  # renders the OpenMoji artwork (labelspace.data.svg)
+command -v npm >/dev/null || packages+=(npm)  # scripts/fetch_datasets.sh fetches the openmoji package from the npm registry
 [ ${#packages[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
   echo "labelspace needs the Debian packages: ${packages[*]}; install them as root (apt-get install ${packages[*]})" >&2

@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "export-vectors": ("vectors", "export the packaged GloVe 6B 50-d vectors to word2vec format"),
     "sample": ("sample", "build the embedded Fashion-MNIST dataset in the NUS-WIDE layout"),
+    "build-tags": ("build_tags", "build a real-tag dataset (OpenMoji) in the NUS-WIDE layout from an installed package"),
     "ingest": ("ingest", "read a NUS-WIDE-layout dataset into a parquet manifest and a report"),
     "preprocess": ("preprocess", "decode a manifest's images once into memory-mapped uint8 arrays"),
     "download": ("download", "fetch the images of a NUS-WIDE-urls.txt into the release layout"),
