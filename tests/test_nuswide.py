@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from labelspace import cli
-from labelspace.data.nuswide import ingest, read_manifest, read_nuswide_layout, report_path
+from labelspace.data.nuswide import ingest, read_label_sets, read_manifest, read_nuswide_layout, report_path
 
 LABELS = "Groundtruth/TrainTestLabels"
 
@@ -151,3 +151,63 @@ def test_cli_ingest(release, tmp_path, capsys):
     assert "8 of 10 listed images kept (2 with no label)" in printed
     assert "3 stray label value(s)" in printed
     assert json.loads(report_path(out).read_text())["images_verified"] is False
+
+
+# NUS-WIDE's zero-shot split: NUS_WID_Tags/TagList1k.txt (here 5 tags, 2 of them concepts), the
+# release's tag matrices (tab-separated 0/1, a trailing tab, as shipped) and the concepts as unseen.
+TAG_LIST = ["boat", "lake", "dog", "sky", "water"]
+TRAIN_TAGS = ["1 1 0 0 0", "0 0 1 0 1", "1 0 0 0 0", "0 0 0 0 0", "0 0 0 0 0", "0 0 0 0 1", "0 0 0 0 0"]
+TEST_TAGS = ["0 0 1 1 0", "0 0 0 0 0", "1 1 1 1 1"]
+ZSL_LABELS = [["boat", "lake", "sky"], ["dog", "water", "sky"], ["water"], ["person"], ["dog", "sky"], ["lake"]]
+
+
+def _tag_rows(rows: list[str]) -> str:
+    return "".join(row.replace(" ", "\t") + "\t\r\n" for row in rows)
+
+
+def test_the_zero_shot_split_adds_the_seen_tags_and_marks_the_concepts_unseen(release, tmp_path):
+    _write(release / "NUS_WID_Tags/TagList1k.txt", "\n".join(TAG_LIST) + "\n")
+    _write(release / "NUS_WID_Tags/Train_Tags1k.dat", _tag_rows(TRAIN_TAGS))
+    _write(release / "NUS_WID_Tags/Test_Tags1k.dat", _tag_rows(TEST_TAGS))
+    manifest, report = read_nuswide_layout(release, labels="nuswide-zsl")
+    assert manifest["labels"].tolist() == ZSL_LABELS
+    assert report["concepts"] == ["boat", "dog", "water", "lake", "sky", "person"]  # seen, then unseen
+    assert report["label_sets"] == {"name": "nuswide-zsl", "seen": ["boat", "dog", "water"],
+                                    "unseen": ["lake", "sky", "person"], "concepts_in_tag_list": 2,
+                                    "seen_targets": "Train_Tags1k.dat, Test_Tags1k.dat"}
+    assert report["ok"] == 6 and report["no_labels"] == 0
+    ingest(release, tmp_path / "m.parquet", labels="nuswide-zsl")
+    _, concepts = read_manifest(tmp_path / "m.parquet")
+    assert concepts == report["concepts"]
+    assert read_label_sets(tmp_path / "m.parquet")["unseen"] == ["lake", "sky", "person"]
+
+
+def test_the_zero_shot_split_reads_alltags1k_through_the_whole_image_list(release):
+    order = [3, 0, 7, 1, 2, 4, 5, 6, 8, 9]  # Imagelist.txt in another order than train + test
+    train = (release / "ImageList/TrainImagelist.txt").read_text().split()
+    test = ["sky\\0008_107.jpg", "lake\\0009_108.jpg", "other\\0010_109.jpg"]
+    names, rows = train + test, TRAIN_TAGS + TEST_TAGS
+    _write(release / "ImageList/Imagelist.txt", "\r\n".join(names[i] for i in order) + "\r\n")
+    _write(release / "NUS_WID_Tags/TagList1k.txt", "\n".join(TAG_LIST) + "\n")
+    _write(release / "NUS_WID_Tags/AllTags1k.txt", _tag_rows([rows[i] for i in order]))
+    manifest, report = read_nuswide_layout(release, labels="nuswide-zsl")
+    assert manifest["labels"].tolist() == ZSL_LABELS
+    assert report["label_sets"]["seen_targets"] == "AllTags1k.txt by ImageList/Imagelist.txt"
+
+
+def test_the_zero_shot_split_names_what_is_missing(release):
+    with pytest.raises(FileNotFoundError, match="NUS_WID_Tags"):
+        read_nuswide_layout(release, labels="nuswide-zsl")
+    _write(release / "NUS_WID_Tags/TagList1k.txt", "\n".join(TAG_LIST) + "\n")
+    _write(release / "NUS_WID_Tags/Train_Tags1k.dat", _tag_rows(TRAIN_TAGS[:-1]))
+    _write(release / "NUS_WID_Tags/Test_Tags1k.dat", _tag_rows(TEST_TAGS))
+    with pytest.raises(ValueError, match="6 rows but its image list has 7"):
+        read_nuswide_layout(release, labels="nuswide-zsl")
+    with pytest.raises(ValueError, match="labels must be one of"):
+        read_nuswide_layout(release, labels="1k")
+
+
+def test_the_default_label_set_is_the_concepts(release, tmp_path):
+    ingest(release, tmp_path / "m.parquet")
+    assert read_label_sets(tmp_path / "m.parquet") == {"name": "concepts", "seen": ["lake", "sky", "person"],
+                                                       "unseen": []}

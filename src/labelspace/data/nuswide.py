@@ -10,6 +10,14 @@ CRLF line ends, trailing whitespace and blank trailing lines, a stray value in a
 the manifest, listed in the report), images with no label (kept). A label file whose length differs
 from its image list is a hard error: the alignment, hence every label, would be wrong.
 
+Label sets (`labels`): `concepts` (default) reads the 81 concepts' ground truth; `nuswide-zsl` is
+NUS-WIDE's own zero-shot split (Fast0Tag, LESA, BiAM, ML-Decoder): the 925 tags of
+`NUS_WID_Tags/TagList1k.txt` that are no concept are the seen labels, their targets the release's
+tag matrix (`NUS_WID_Tags/{Train,Test}_Tags1k.dat`, else `AllTags1k.txt` aligned with
+`ImageList/Imagelist.txt`); the concepts, with their human ground truth, are the unseen labels.
+The label list is then seen + unseen, and which are unseen travels with the manifest
+(`report["label_sets"]`, the parquet metadata key `labelspace.label_sets`, `read_label_sets`).
+
 Speed: label files are parsed in bulk with numpy (the full release, 269,648 images x 81 concepts,
 takes seconds); existence is checked with one directory listing per folder; decoding checks run in
 a thread pool and can be skipped (`verify_images=False`).
@@ -29,6 +37,9 @@ CONCEPTS_FILE = Path("ConceptsList") / "Concepts81.txt"
 LABELS_DIR = Path("Groundtruth") / "TrainTestLabels"
 SPLITS = (("train", "TrainImagelist.txt", "Train"), ("test", "TestImagelist.txt", "Test"))
 CONCEPTS_METADATA_KEY = b"labelspace.concepts"
+LABEL_SETS_METADATA_KEY = b"labelspace.label_sets"
+TAGS_DIR = Path("NUS_WID_Tags")
+LABEL_SETS = ("concepts", "nuswide-zsl")
 
 
 def _text_lines(path: Path) -> list[str]:
@@ -140,6 +151,9 @@ def _read_split(root: Path, concepts: list[str], split: str, list_name: str, suf
     blank = np.array([not line for line in lines], dtype=bool)
     report["blank_list_lines"] += int(blank.sum())
     keep = np.flatnonzero(~blank)
+    for key, value in (("_list_lengths", len(lines)), ("_kept", keep),
+                       ("_list_files", [line.replace("\\", "/") for line in lines])):
+        report.setdefault(key, {})[split] = value  # for the tag matrices, aligned with the list's lines
     rows, cols = np.nonzero(labels[keep])
     names = np.array(concepts, dtype=object)[cols].tolist()
     bounds = np.searchsorted(rows, np.arange(len(keep) + 1)).tolist()  # row i's labels: names[bounds[i]:bounds[i+1]]
@@ -153,8 +167,65 @@ def _read_split(root: Path, concepts: list[str], split: str, list_name: str, suf
     })
 
 
+def read_tag_matrix(path: Path, n_rows: int, n_tags: int) -> np.ndarray:
+    """(n_rows, n_tags) bool of a release tag file: one row per line, 0/1 separated by tabs or spaces."""
+    raw = path.read_bytes()
+    lines = raw.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if len(lines) != n_rows:
+        raise ValueError(f"{path} has {len(lines)} rows but its image list has {n_rows}: the tags cannot be aligned")
+    digits = np.frombuffer(b"".join(lines), dtype=np.uint8)
+    digits = digits[(digits == ord("0")) | (digits == ord("1"))]
+    if len(digits) != n_rows * n_tags:
+        raise ValueError(f"{path}: {len(digits)} values, expected {n_rows} rows x {n_tags} tags (TagList1k.txt)")
+    return (digits == ord("1")).reshape(n_rows, n_tags)
+
+
+def _zero_shot_labels(root: Path, concepts: list[str], manifest: pd.DataFrame, report: dict) -> list[str]:
+    """Seen tags + unseen concepts: the labels of NUS-WIDE's zero-shot split, set on `manifest` in place."""
+    tag_list = root / TAGS_DIR / "TagList1k.txt"
+    if not tag_list.is_file():
+        raise FileNotFoundError(f"{tag_list} not found: labels nuswide-zsl needs the release's NUS_WID_Tags folder "
+                                "(TagList1k.txt and Train_Tags1k.dat/Test_Tags1k.dat or AllTags1k.txt)")
+    tags = [t for t in _text_lines(tag_list) if t]
+    unseen = set(concepts)
+    seen_columns = [j for j, t in enumerate(tags) if t not in unseen]
+    seen = [tags[j] for j in seen_columns]
+    per_split = {"train": root / TAGS_DIR / "Train_Tags1k.dat", "test": root / TAGS_DIR / "Test_Tags1k.dat"}
+    matrices: dict[str, np.ndarray] = {}
+    if all(p.is_file() for p in per_split.values()):
+        for split, path in per_split.items():
+            matrices[split] = read_tag_matrix(path, int(report["_list_lengths"][split]), len(tags))
+        source = "Train_Tags1k.dat, Test_Tags1k.dat"
+    else:
+        all_tags = root / TAGS_DIR / "AllTags1k.txt"
+        image_list = root / "ImageList" / "Imagelist.txt"
+        if not all_tags.is_file() or not image_list.is_file():
+            raise FileNotFoundError(f"no seen-tag targets in {root / TAGS_DIR}: put Train_Tags1k.dat and "
+                                    "Test_Tags1k.dat there, or AllTags1k.txt with ImageList/Imagelist.txt")
+        names = [line.replace("\\", "/") for line in _text_lines(image_list)]
+        matrix = read_tag_matrix(all_tags, len(names), len(tags))
+        row_of = {name: i for i, name in enumerate(names)}
+        for split in per_split:
+            files = report["_list_files"][split]
+            missing = [f for f in files if f not in row_of]
+            if missing:
+                raise ValueError(f"{image_list} does not list {len(missing)} image(s) of the {split} list, e.g. {missing[0]}")
+            matrices[split] = matrix[[row_of[f] for f in files]]
+        source = "AllTags1k.txt by ImageList/Imagelist.txt"
+    rows = np.concatenate([matrices["train"][report["_kept"]["train"]], matrices["test"][report["_kept"]["test"]]])
+    seen_names = np.array(seen, dtype=object)
+    sub = rows[:, seen_columns]
+    manifest["labels"] = [seen_names[np.flatnonzero(r)].tolist() + labels
+                          for r, labels in zip(sub, manifest["labels"], strict=True)]
+    report["label_sets"] = {"name": "nuswide-zsl", "seen": seen, "unseen": list(concepts), "seen_targets": source,
+                            "concepts_in_tag_list": len(tags) - len(seen)}
+    return seen + list(concepts)
+
+
 def read_nuswide_layout(root: str | os.PathLike, verify_images: bool = True,
-                        workers: int | None = None) -> tuple[pd.DataFrame, dict]:
+                        workers: int | None = None, labels: str = "concepts") -> tuple[pd.DataFrame, dict]:
     """(manifest, report) of the dataset at `root`.
 
     Manifest: one row per listed image that exists (and decodes, when `verify_images`), in train-list
@@ -164,12 +235,21 @@ def read_nuswide_layout(root: str | os.PathLike, verify_images: bool = True,
     total, listed == ok + missing_file + undecodable + truncated + duplicate; `no_labels` counts
     kept images with no label; `bad_label_values` counts stray label values (read as 0), located
     in `bad_label_value_locations` ({file, line, value}); dropped images are named in `dropped`.
+    `labels`: one of LABEL_SETS (module docstring); with `nuswide-zsl`, `concepts` is seen + unseen and
+    `label_sets` says which are which.
     """
+    if labels not in LABEL_SETS:
+        raise ValueError(f"labels must be one of {', '.join(LABEL_SETS)}, got {labels!r}")
     root = Path(root)
     concepts = read_concepts(root)
     report: dict = {"root": str(root), "concepts": concepts, "images_verified": verify_images,
-                    "blank_list_lines": 0, "bad_label_value_locations": []}
+                    "blank_list_lines": 0, "bad_label_value_locations": [],
+                    "label_sets": {"name": "concepts", "seen": concepts, "unseen": []}}
     manifest = pd.concat([_read_split(root, concepts, *split, report) for split in SPLITS], ignore_index=True)
+    if labels == "nuswide-zsl":
+        report["concepts"] = _zero_shot_labels(root, concepts, manifest, report)
+    for key in ("_list_lengths", "_list_files", "_kept"):
+        report.pop(key, None)
 
     duplicate = manifest.duplicated("path").to_numpy()
     existing = _existing_files(root / "Flickr", set(manifest["folder"]))
@@ -201,15 +281,16 @@ def report_path(manifest_path: str | os.PathLike) -> Path:
 
 
 def ingest(root: str | os.PathLike, out: str | os.PathLike, verify_images: bool = True,
-           workers: int | None = None) -> dict:
+           workers: int | None = None, labels: str = "concepts") -> dict:
     """Write the manifest of `root` to the parquet file `out` (the concept list in its schema metadata)
     and the report beside it (`report_path(out)`); returns the report."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    manifest, report = read_nuswide_layout(root, verify_images=verify_images, workers=workers)
+    manifest, report = read_nuswide_layout(root, verify_images=verify_images, workers=workers, labels=labels)
     table = pa.Table.from_pandas(manifest, preserve_index=False)
-    metadata = {**(table.schema.metadata or {}), CONCEPTS_METADATA_KEY: json.dumps(report["concepts"]).encode()}
+    metadata = {**(table.schema.metadata or {}), CONCEPTS_METADATA_KEY: json.dumps(report["concepts"]).encode(),
+                LABEL_SETS_METADATA_KEY: json.dumps(report["label_sets"]).encode()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside and renamed, so a concurrent reader never sees half a file.
@@ -243,3 +324,14 @@ def summarize(report: dict) -> str:
     return (f"{report['ok']} of {report['listed']} listed images kept ({report['no_labels']} with no label); "
             f"dropped: {dropped}; {report['bad_label_values']} stray label value(s) read as 0; "
             f"{len(report['concepts'])} concepts")
+
+
+def read_label_sets(path: str | os.PathLike) -> dict:
+    """{name, seen, unseen, ...} of `ingest`'s manifest file: which labels are unseen (zero-shot)."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    if LABEL_SETS_METADATA_KEY in metadata:
+        return json.loads(metadata[LABEL_SETS_METADATA_KEY])
+    concepts = json.loads(metadata.get(CONCEPTS_METADATA_KEY, b"[]"))
+    return {"name": "concepts", "seen": concepts, "unseen": []}  # a manifest written before label sets
