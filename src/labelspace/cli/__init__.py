@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data-version": ("data_version", "print the DVC data version of a tracked path"),
     "setup-stack": ("setup_stack", "register the ZenML stack (local orchestrator, MLflow tracker and registry)"),
     "run": ("run", "run the training pipeline (ingest, embed, train, evaluate, register)"),
+    "compile": ("compile", "write the pipeline's Kubeflow Pipelines spec (KFP IR YAML) offline, and its schedule"),
     "report": ("report", "print the metrics table and how to open the MLflow UI"),
     "predict": ("predict", "batch inference of a registered model over images, into parquet with a report"),
     "promote": ("promote", "move an alias (default champion) to a registered model version, with a reason"),
