@@ -167,12 +167,20 @@ class TrainConfig:
     mirror: bool
     val_fraction: float
     device: str
+    devices: int  # processes per node (one GPU each on CUDA); above 1, labelspace.training.distributed
+    nodes: int  # machines taking part; devices x nodes processes share each global batch
     amp: bool
     feature_batch_size: int
     checkpoint_dir: str
 
     def check(self) -> dict[str, str]:
-        problems = _at_least(self, 1, "epochs", "batch_size", "feature_batch_size")
+        problems = _at_least(self, 1, "epochs", "batch_size", "feature_batch_size", "devices", "nodes")
+        processes = self.devices * self.nodes
+        if processes > 1 and self.batch_size < processes:
+            problems["batch_size"] = (f"at least train.devices x train.nodes ({processes}): the global batch "
+                                      "is split across the processes")
+        if processes > 1 and self.device.startswith("mps"):
+            problems["devices"] = "1 on mps (torch.distributed has no backend for it): use device cpu or cuda"
         if not self.lr > 0:
             problems["lr"] = "above 0"
         if self.weight_decay < 0:

@@ -30,6 +30,7 @@ def train(
     final = fit.model.history[-1] if fit.model.history else {}
     log_metadata(metadata={"head": head, "resumed_from_epoch": fit.resumed_from_epoch, "note": fit.note,
                            "n_train_images": fit.n_train_images, "n_val_images": fit.n_val_images,
-                           "torch_threads": fit.threads, **{f"seconds_{k}": v for k, v in fit.seconds.items()},
+                           "torch_threads": fit.threads, "train_processes": fit.processes,
+                           **{f"seconds_{k}": v for k, v in fit.seconds.items()},
                            **{f"final_{k}": v for k, v in final.items() if k != "epoch"}})
     return fit.model

@@ -76,6 +76,39 @@ class FitResult:
     note: str = ""  # why there is no thresholded decision, when there is none
     threads: int = 0  # torch threads it trained at (CPU)
     seconds: dict[str, float] = field(default_factory=dict)  # train_model's phases, and calibration
+    processes: int = 1  # data-parallel processes it trained on (train.devices x train.nodes)
+
+
+class Validation:
+    """Validation metrics after every epoch (train_model's `validate`), on images[val_idx]. A class,
+    not a closure, so that it can be pickled: with train.devices > 1 it runs in rank 0's process
+    (labelspace.training.distributed sends memory-mapped images by reference)."""
+
+    def __init__(self, images, val_idx: np.ndarray, val_targets: np.ndarray, vectors: np.ndarray,
+                 frozen_backbone: bool, batch_size: int) -> None:
+        self.images, self.val_idx, self.val_targets, self.vectors = images, val_idx, val_targets, vectors
+        self.frozen_backbone, self.batch_size = frozen_backbone, batch_size
+        self.features: torch.Tensor | None = None
+        # The scores of the last validation, with the epoch they scored: after the last epoch the
+        # weights do not change again, so calibration reuses them instead of another pass.
+        self.last_epoch: int | None = None
+        self.last_scores: np.ndarray | None = None
+
+    def scores(self, model: torch.nn.Module) -> np.ndarray:
+        device = next(model.parameters()).device
+        if not self.frozen_backbone or self.features is None:  # a frozen backbone's features never change
+            self.features = extract_features(model, self.images, self.val_idx, device, self.batch_size,
+                                             desc="val features")
+        return scores_from_features(model, self.features, self.vectors, device)
+
+    def __call__(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        if len(self.val_targets) == 0 or not self.val_targets.any():
+            return {}
+        scores = self.scores(model)
+        self.last_epoch, self.last_scores = epoch, scores
+        top3 = topk_metrics(scores, self.val_targets, 3)
+        return {"val_mAP": mean_average_precision(scores, self.val_targets), "val_top3_C-F1": top3["C-F1"],
+                "val_top3_O-F1": top3["O-F1"]}
 
 
 def fit_head(
@@ -102,27 +135,8 @@ def fit_head(
     targets = target_matrix(manifest, train_labels)
     splits = split_indices(manifest, train_config.val_fraction, train_config.seed)
     val_targets = targets[splits["val"]]
-    feature_cache: dict[str, torch.Tensor] = {}
-    # The scores of the last validation, with the epoch they scored: after the last epoch the
-    # weights do not change again, so calibration reuses them instead of another pass.
-    last_scores: dict[str, object] = {}
-
-    def val_scores(model: torch.nn.Module) -> np.ndarray:
-        device = next(model.parameters()).device
-        if not spec.freeze_backbone or "val" not in feature_cache:  # a frozen backbone's features never change
-            feature_cache["val"] = extract_features(model, images, splits["val"], device,
-                                                    train_config.feature_batch_size, desc="val features")
-        return scores_from_features(model, feature_cache["val"], vectors, device)
-
-    def validate(model: torch.nn.Module, epoch: int) -> dict[str, float]:
-        if len(val_targets) == 0 or not val_targets.any():
-            return {}
-        scores = val_scores(model)
-        last_scores.update(epoch=epoch, scores=scores)
-        top3 = topk_metrics(scores, val_targets, 3)
-        return {"val_mAP": mean_average_precision(scores, val_targets), "val_top3_C-F1": top3["C-F1"],
-                "val_top3_O-F1": top3["O-F1"]}
-
+    validate = Validation(images, splits["val"], val_targets, vectors, spec.freeze_backbone,
+                          train_config.feature_batch_size)
     data_key = checkpoint_data_key(dataset_version, train_labels, vectors, splits, images.shape)
     result = train_model(
         spec, loss_config, train_config, images, targets, splits["train"], vectors,
@@ -130,9 +144,10 @@ def fit_head(
         resume=resume, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, validate=validate,
     )
     calibration, note, start = {}, "", time.perf_counter()
-    final_scores = last_scores["scores"] if last_scores.get("epoch") == train_config.epochs else None
+    # With train.devices > 1 validation ran in rank 0's process: its scores are not here, so scored again.
+    final_scores = validate.last_scores if validate.last_epoch == train_config.epochs else None
     try:
-        calibration = fit_calibration(final_scores if final_scores is not None else val_scores(result.model),
+        calibration = fit_calibration(final_scores if final_scores is not None else validate.scores(result.model),
                                       val_targets, head=head)
     except ValueError as e:  # e.g. no validation split: the model still ranks, without a threshold
         note = f"no thresholded decision: {e}"
@@ -143,7 +158,7 @@ def fit_head(
                            calibration=calibration, provenance=backbone_provenance(result.model))
     return FitResult(model=trained, resumed_from_epoch=result.resumed_from_epoch,
                      n_train_images=len(splits["train"]), n_val_images=len(splits["val"]), note=note,
-                     threads=result.threads, seconds=seconds)
+                     threads=result.threads, seconds=seconds, processes=result.processes)
 
 
 def backbone_provenance(model: torch.nn.Module) -> dict[str, str | None]:

@@ -41,8 +41,11 @@ log = logging.getLogger(__name__)
 def fingerprint(spec: ModelSpec, loss: LossConfig, train: TrainConfig, pretrained: bool,
                 weights_path: str | None, data_key: str) -> str:
     """Everything the trained weights depend on: a checkpoint resumes only a run with the same one.
-    Where checkpoints go and the feature batch size change no weight, so they are left out."""
-    train_fields = {k: v for k, v in asdict(train).items() if k not in ("checkpoint_dir", "feature_batch_size")}
+    Where checkpoints go and the feature batch size change no weight, so they are left out; so are
+    `devices` and `nodes`: the processes split the same global batches with the same random draws
+    (labelspace.training.worker), so a checkpoint resumes on any number of them."""
+    train_fields = {k: v for k, v in asdict(train).items()
+                    if k not in ("checkpoint_dir", "feature_batch_size", "devices", "nodes")}
     blob = json.dumps({"spec": asdict(spec), "loss": asdict(loss), "train": train_fields, "pretrained": pretrained,
                        "weights_path": weights_path, "data": data_key}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -166,6 +169,32 @@ class TrainResult:
     # (forward, backward, step) and epochs_cpu (their CPU seconds), validation (the `validate`
     # callback), checkpoints, logging (`on_epoch`).
     seconds: dict[str, float] = field(default_factory=dict)
+    processes: int = 1  # train.devices x train.nodes: data-parallel ranks it trained on
+
+
+def checkpoint_path(checkpoint_dir: str | os.PathLike, spec: ModelSpec, loss: LossConfig, train: TrainConfig,
+                    pretrained: bool, weights_path: str | None, data_key: str) -> Path:
+    return Path(checkpoint_dir) / f"{spec.head}-{fingerprint(spec, loss, train, pretrained, weights_path, data_key)}.pt"
+
+
+def checkpoint_state(model, optimizer, scheduler, scaler, generator, order_rng, history, epoch, spec) -> dict[str, Any]:
+    """What a checkpoint holds after `epoch` finished epochs (one format for one process and many)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "generator": generator.get_state(), "order_rng": order_rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch, "spec": asdict(spec)}
+
+
+def restore_checkpoint(state, model, optimizer, scheduler, scaler, generator, order_rng) -> tuple[list, int]:
+    """Load a `checkpoint_state` into the training objects; returns its history and epoch."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    generator.set_state(state["generator"])
+    order_rng.bit_generator.state = state["order_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return state["history"], state["epoch"]
 
 
 def train_model(
@@ -193,8 +222,17 @@ def train_model(
     (a finished one returns its weights without training), unless `resume` is False.
     With a frozen backbone, `features` = (features, mirrored features or None) of images[train_idx]
     from `extract_features` skips that pass (a study trains many heads on the same features).
-    On a CPU it runs at `cpu_threads()`, `validate` included.
+    On a CPU it runs at `cpu_threads()`, `validate` included. With train.devices x train.nodes > 1
+    it trains data-parallel in that many processes (labelspace.training.distributed); `validate`
+    must then be picklable (it runs in rank 0's process), `on_epoch` runs here.
     """
+    if config.devices * config.nodes > 1:
+        from labelspace.training.distributed import train_distributed
+
+        return train_distributed(spec, loss_config, config, images, targets, train_idx, label_vectors,
+                                 pretrained=pretrained, weights_path=weights_path, data_key=data_key, resume=resume,
+                                 checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, validate=validate,
+                                 features=features)
     device = resolve_device(config.device)
     with cpu_threads(device) as threads:
         result = _train(spec, loss_config, config, images, targets, train_idx, label_vectors, device,
@@ -253,18 +291,10 @@ def _train(spec, loss_config, config, images, targets, train_idx, label_vectors,
     ckpt_path = None
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        ckpt_path = Path(checkpoint_dir) / f"{spec.head}-{fingerprint(spec, loss_config, config, pretrained, weights_path, data_key)}.pt"
+        ckpt_path = checkpoint_path(checkpoint_dir, spec, loss_config, config, pretrained, weights_path, data_key)
         if resume and ckpt_path.is_file():
             state = torch.load(ckpt_path, map_location=device, weights_only=False)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            generator.set_state(state["generator"])
-            order_rng.bit_generator.state = state["order_rng"]
-            torch.set_rng_state(state["torch_rng"])
-            history = state["history"]
-            start_epoch = state["epoch"]
+            history, start_epoch = restore_checkpoint(state, model, optimizer, scheduler, scaler, generator, order_rng)
             log.info("resuming %s training from %s after epoch %d/%d", spec.head, ckpt_path, start_epoch, config.epochs)
     clock.add("setup", setup_start)
 
@@ -334,13 +364,8 @@ def _train(spec, loss_config, config, images, targets, train_idx, label_vectors,
                 on_epoch(epoch + 1, record)
         if writer is not None:
             with clock("checkpoints"):
-                writer.write({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "generator": generator.get_state(), "order_rng": order_rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1,
-                    "spec": asdict(spec),
-                })
+                writer.write(checkpoint_state(model, optimizer, scheduler, scaler, generator, order_rng, history,
+                                              epoch + 1, spec))
     if writer is not None:
         with clock("checkpoints"):
             writer.close()
