@@ -1,7 +1,9 @@
 """Sharded preprocessing and loading at NUS-WIDE size: images/s per core of decoding into shards,
 images/s of a training loader reading random batches from them, and the peak RSS of each, beside the
 single memory-mapped array (the default for small datasets) built from the same images in the same
-invocation.
+invocation. Per core means per CPU-second the phase used (user + system, all its threads): on a
+machine shared with other work, wall-clock images/s fall with the load, images per CPU-second much
+less; both are printed, with the load average.
 
 The manifest is synthetic but full size (269,648 rows, NUS-WIDE's count); its rows cycle through a
 pool of small real JPEG files (random-texture images, several sizes), so decoding does the real
@@ -29,7 +31,10 @@ import json, resource, sys, time
 import numpy as np
 phase, work, size, shard_size, batch, batches = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 paths = [line for line in open(work + "/paths.txt").read().split("\n") if line]
-start = time.perf_counter()
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+start, cpu_start = time.perf_counter(), cpu()
 if phase == "write-shards":
     from labelspace.data.shards import write_shards
     write_shards(paths, size, work + "/shards", shard_size=shard_size, source_hash="bench", workers=1, progress=False)
@@ -45,8 +50,9 @@ else:
     for i in range(batches):
         rows = np.sort(order[i * batch:(i + 1) * batch])  # a sampler's batch, sorted as a loader reads it
         x = np.ascontiguousarray(images[rows]).astype(np.float32) / 255.0
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -93,12 +99,14 @@ def main() -> None:
         total_mb = args.images * args.size * args.size * 3 / 2**20
     n_loaded = args.batch * args.batches
     print(f"{args.images} images decoded to {args.size} px ({total_mb:.0f} MB of pixels), shards of "
-          f"{args.shard_size}; 1 decoding thread; {os.cpu_count()} cores on this machine")
+          f"{args.shard_size}; 1 decoding thread; {os.cpu_count()} cores on this machine, load average "
+          f"{os.getloadavg()[0]:.1f} at the end")
     for kind in ("shards", "array"):
         w, r = results[f"write-{kind}"], results[f"load-{kind}"]
-        print(f"  {kind:<7} preprocess {args.images / w['seconds']:8.0f} images/s per core, peak RSS "
-              f"{w['peak_rss_mb']:6.0f} MB | loader {n_loaded / r['seconds']:8.0f} images/s, peak RSS "
-              f"{r['peak_rss_mb']:6.0f} MB")
+        print(f"  {kind:<7} preprocess {args.images / w['cpu_seconds']:8.0f} images per CPU-second "
+              f"({args.images / w['seconds']:6.0f}/s wall), peak RSS {w['peak_rss_mb']:6.0f} MB | loader "
+              f"{n_loaded / r['seconds']:8.0f} images/s ({n_loaded / r['cpu_seconds']:8.0f} per CPU-second), "
+              f"peak RSS {r['peak_rss_mb']:6.0f} MB")
     ws, wa = results["write-shards"]["seconds"], results["write-array"]["seconds"]
     ls, la = results["load-shards"]["seconds"], results["load-array"]["seconds"]
     print(f"ratio shards / single array: preprocess {wa / ws:.2f}x the speed, loader {la / ls:.2f}x the speed, "

@@ -63,3 +63,26 @@ def test_a_rerun_rebuilds_only_the_missing_shard_and_a_new_source_rebuilds_all(b
 def test_incomplete_shards_are_never_read(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete shards"):
         ShardedImages(tmp_path)
+
+
+def test_a_pickled_reader_opens_its_own_files_and_a_truncated_shard_is_named(both, tmp_path):
+    import pickle
+
+    array, sharded = both
+    images = sharded.images()
+    rows = np.array([3, 4, 5, 27, 28, 2, 9, 10])  # runs of consecutive rows, one across a shard boundary
+    np.testing.assert_array_equal(images[rows], array[rows])
+    copy = pickle.loads(pickle.dumps(images))  # what a DataLoader worker or a rank gets
+    assert copy._open == {} and copy.folder == images.folder
+    np.testing.assert_array_equal(copy[rows], array[rows])
+    few = ShardedImages(images.folder, max_open=2)  # descriptors are bounded, reads stay right
+    np.testing.assert_array_equal(few[np.arange(len(array))[::-1]], array[::-1])
+    assert len(few._open) == 2
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(images.folder, broken)
+    last = broken / images.index["shards"][-1]["file"]
+    last.write_bytes(last.read_bytes()[:-100])
+    with pytest.raises(OSError, match="truncated"):
+        ShardedImages(broken)[len(array) - 1]
