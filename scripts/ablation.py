@@ -35,9 +35,14 @@ sys.path.insert(0, str(ROOT / "src"))
 from labelspace.config import Config, LossConfig, ModelConfig, TrainConfig, load_config  # noqa: E402
 from labelspace.data.splits import split_indices, target_matrix  # noqa: E402
 from labelspace.evaluation.metrics import mean_average_precision, topk_metrics  # noqa: E402
-from labelspace.evaluation.zero_shot import zero_shot_metrics  # noqa: E402
+from labelspace.evaluation.open_vocabulary import (  # noqa: E402
+    nearest_words,
+    open_vocabulary_metrics,
+    open_vocabulary_words,
+)
+from labelspace.evaluation.zero_shot import generalized_zero_shot_metrics, zero_shot_metrics  # noqa: E402
 from labelspace.model.spec import ModelSpec, build_model  # noqa: E402
-from labelspace.training.fit import held_out_labels, training_labels  # noqa: E402
+from labelspace.training.fit import _fit_unseen_directions, held_out_for, training_labels  # noqa: E402
 from labelspace.training.loop import extract_features, scores_from_features, train_model  # noqa: E402
 
 LR_GRID = (1e-3, 3e-3, 1e-2)
@@ -84,6 +89,9 @@ ROWS: dict[str, tuple[str, str, dict, bool]] = {
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default=str(ROOT / "params.yaml"))
+    p.add_argument("--dataset", help="a dataset in the NUS-WIDE layout instead of params.yaml's ingest.dataset")
+    p.add_argument("--open-vocabulary", type=int, default=5000,
+                   help="rank the concepts among this many most frequent words too (0: not measured)")
     p.add_argument("--rows", default="all", help=f"comma-separated subset of: {', '.join(ROWS)}")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--vectors", action="append", default=[],
@@ -107,7 +115,7 @@ def load_data(config: Config, cache: Path, vectors_path: Path):
     from labelspace.data.prepared import PreparedData
     from labelspace.data.word_vectors import load_word_vectors, resolve_label_vectors
 
-    data = PreparedData(dataset=str(config.resolve(config.ingest.dataset)), version="ablation",
+    data = PreparedData(dataset=str(config.resolve(config.ingest.dataset)), version=f"ablation-{Path(config.ingest.dataset).name}",
                         image_size=config.ingest.image_size, cache_dir=str(cache))
     manifest, concepts = data.manifest()
     resolved = resolve_label_vectors(load_word_vectors(vectors_path), concepts, config.embedding.aliases)
@@ -131,7 +139,7 @@ def parts(config: Config, head: str, overrides: dict, n_labels: int, d: int, ima
 def cached_features(config: Config, images, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-backbone features of every image, plain and mirrored, computed once per backbone."""
     backbone = config.model.backbone
-    path = cache / f"features-{backbone}-{images.shape[0]}x{images.shape[1]}.pt"
+    path = cache / f"features-{Path(config.ingest.dataset).name}-{backbone}-{images.shape[0]}x{images.shape[1]}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         return saved["plain"], saved["mirrored"]
@@ -144,15 +152,44 @@ def cached_features(config: Config, images, cache: Path) -> tuple[torch.Tensor, 
     return plain, mirrored
 
 
-def evaluate_val(model, feats, vectors, targets, held_vectors=None, held_targets=None, held_labels=()):
+OPEN: dict = {}  # "labels", "vectors", "targets" (every concept, all images), "words", "word_vectors"
+
+
+def evaluate_val(model, feats, vectors, targets, held_vectors=None, held_targets=None, held_labels=(), val_idx=None):
     scores = scores_from_features(model, feats, vectors)
     top3 = topk_metrics(scores, targets, 3)
     row = {"C-F1": top3["C-F1"], "O-F1": top3["O-F1"], "mAP": mean_average_precision(scores, targets)}
     row["score"] = (row["C-F1"] + row["O-F1"] + row["mAP"]) / 3
-    if held_vectors is not None:
+    if held_vectors is not None and held_targets.any():
         z = zero_shot_metrics(scores_from_features(model, feats, held_vectors), held_targets, list(held_labels))
         row.update({"zs_O-F1@1": z["top1"]["O-F1"], "zs_C-F1@1": z["top1"]["C-F1"], "zs_mAP": z["mAP"],
-                    "zs_chance_O-F1@1": z["chance"]["top1"]["O-F1"], "zs_n": z["n_images"]})
+                    "zs_chance_O-F1@1": z["chance"]["top1"]["O-F1"], "zs_chance_mAP": z["chance"]["mAP"],
+                    "zs_n": z["n_images"]})
+        if OPEN and val_idx is not None:
+            all_targets = OPEN["targets"][val_idx]
+            g = generalized_zero_shot_metrics(scores_from_features(model, feats, OPEN["vectors"]), all_targets,
+                                              OPEN["labels"], list(held_labels), (3,))
+            row.update({"gzsl_O-F1@3": g["top3"]["O-F1"], "gzsl_chance_O-F1@3": g["chance"]["top3"]["O-F1"],
+                        "gzsl_mAP": g["mAP"], "gzsl_chance_mAP": g["chance"]["mAP"],
+                        "gzsl_unseen_share@3": g["top3"]["unseen_share"]})
+            if "words" in OPEN:
+                W = np.concatenate([OPEN["vectors"], OPEN["word_vectors"]])
+                o = open_vocabulary_metrics(nearest_words(model, feats, W, torch.device("cpu"), 5), OPEN["labels"],
+                                            all_targets, OPEN["words"], list(held_labels))
+                row.update({"ov_hit@5": o["hit@5"], "ov_chance_hit@5": o["chance"]["hit@5"],
+                            "ov_held_out_hit@5": o.get("held_out_hit@5", 0.0),
+                            "ov_hubs": ", ".join(h["word"] for h in o["hubs"][:3])})
+    return row
+
+
+def evaluate_both(model, feats, vectors, targets, hv, ht, held_labels, val_idx) -> dict:
+    """Validation figures as the model measures raw words, and (a label space built with
+    unseen_directions absent) with its unseen directions fitted on the same validation split."""
+    row = evaluate_val(model, feats, vectors, targets, hv, ht, held_labels, val_idx)
+    if getattr(model, "unseen_directions", "raw") == "absent" and len(targets):
+        _fit_unseen_directions(model, vectors, scores_from_features(model, feats, vectors), targets, "")
+        fitted = evaluate_val(model, feats, vectors, targets, hv, ht, held_labels, val_idx)
+        row.update({f"absent_{k}": v for k, v in fitted.items() if k.startswith(("zs_", "gzsl_", "ov_"))})
     return row
 
 
@@ -174,15 +211,18 @@ def run_row(name, head, overrides, lrs, seeds, base: Config, data, feats, held):
             hv = ht = None
             if head == "labelspace" and held["labels"]:
                 hv, ht = held["vectors"], held["targets"][val_idx]
-            row = evaluate_val(result.model, plain[val_idx], vectors, targets[val_idx], hv, ht, held["labels"])
+            row = evaluate_both(result.model, plain[val_idx], vectors, targets[val_idx], hv, ht, held["labels"], val_idx)
             row["seconds"] = seconds
             per_seed.append(row)
-        results[lr] = {k: float(np.mean([r[k] for r in per_seed])) for k in per_seed[0]}
+        results[lr] = {k: (float(np.mean([r[k] for r in per_seed])) if not isinstance(per_seed[0][k], str)
+                           else per_seed[0][k]) for k in per_seed[0]}
         results[lr].update({f"{k}_std": float(np.std([r[k] for r in per_seed]))
-                            for k in ("C-F1", "O-F1", "mAP", "zs_O-F1@1") if k in per_seed[0]})
-        print(f"  {name} lr={lr:g}: " + ", ".join(f"{k}={100 * v:.1f}" if k != "seconds" and "zs_n" not in k
-                                                    else f"{k}={v:.1f}" for k, v in results[lr].items()
-                                                    if not k.endswith("_std")), flush=True)
+                            for k in ("C-F1", "O-F1", "mAP", "zs_O-F1@1", "zs_mAP", "gzsl_O-F1@3", "ov_hit@5",
+                                      "absent_zs_O-F1@1", "absent_zs_mAP", "absent_gzsl_O-F1@3", "absent_ov_hit@5")
+                            if k in per_seed[0]})
+        shown = [f"{k}={v}" if isinstance(v, str) else f"{k}={v:.1f}" if k == "seconds" or "zs_n" in k
+                 else f"{k}={100 * v:.1f}" for k, v in results[lr].items() if not k.endswith("_std")]
+        print(f"  {name} lr={lr:g}: " + ", ".join(shown), flush=True)
     best_lr = max(results, key=lambda lr: results[lr]["score"])
     return {"lr": best_lr, **results[best_lr], "lr_search": {str(k): v["score"] for k, v in results.items()}}
 
@@ -205,7 +245,7 @@ def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, see
             seconds = time.perf_counter() - start
             feats = extract_features(result.model, images, val_idx, torch.device("cpu"))
             hv, ht = (held["vectors"], held["targets"][val_idx]) if head == "labelspace" else (None, None)
-            row = evaluate_val(result.model, feats, vectors, targets[val_idx], hv, ht, held["labels"])
+            row = evaluate_both(result.model, feats, vectors, targets[val_idx], hv, ht, held["labels"], val_idx)
             row.update(seconds=seconds, seconds_per_epoch=seconds / epochs, epochs=epochs, lr=lr)
             key = f"{name} {'frozen' if frozen else 'fine-tuned'} {epochs}ep lr={lr:g}" + (f" seed={seed}" if seeds > 1 else "")
             out[key] = row
@@ -231,16 +271,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(int(os.environ.get("LABELSPACE_THREADS", "2")))
     base = load_config(args.params)
+    if args.dataset:
+        base = base.replace(ingest={"dataset": str(Path(args.dataset).resolve())})
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     manifest, images, labels, label_vectors = load_data(base, cache, base.resolve(base.vectors.path))
-    held_labels = held_out_labels(base.evaluate.zero_shot_labels, labels).labels
+    held_labels = held_out_for(base.evaluate, labels).labels
     trained, _ = training_labels(labels, label_vectors, held_labels)
     keep = [labels.index(label) for label in trained]
     held_idx = [labels.index(label) for label in held_labels]
     all_targets = target_matrix(manifest, labels)
     splits = split_indices(manifest, base.train.val_fraction, base.train.seed)
     feats = cached_features(base, images, cache)
+    OPEN.update(labels=labels, vectors=label_vectors, targets=all_targets)
+    if args.open_vocabulary:
+        kv = load_word_vectors(base.resolve(base.vectors.path), limit=args.open_vocabulary)
+        OPEN["words"], OPEN["word_vectors"] = open_vocabulary_words(labels, list(kv.index_to_key), kv.vectors)
 
     def data_for(vectors_matrix):
         held = {"labels": held_labels, "vectors": vectors_matrix[held_idx], "targets": all_targets[:, held_idx]}

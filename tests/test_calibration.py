@@ -25,7 +25,8 @@ def test_platt_scaling_recovers_the_true_mapping():
     calibration = fit_calibration(scores, targets, head="bce")
     assert calibration["slope"] == pytest.approx(2.0, rel=0.1)
     assert calibration["intercept"] == pytest.approx(-1.0, abs=0.1)
-    assert calibration["method"] == "platt" and calibration["fitted_on"] == "validation"
+    assert calibration["method"] == "platt-label-offsets" and calibration["fitted_on"] == "validation"
+    assert np.abs(calibration["offsets"]).max() < 0.2  # every label has the same mapping here
     assert "distance_threshold" not in calibration  # BCE scores are logits, not distances
 
 
@@ -36,10 +37,40 @@ def test_the_threshold_maximises_micro_f1_over_every_possible_cut():
     p, t = calibrated_probabilities(scores[keep], calibration).ravel(), targets[keep].ravel().astype(bool)
     best = max(2 * (t & (p >= cut)).sum() / ((p >= cut).sum() + t.sum()) for cut in np.unique(p))
     assert calibration["validation"]["O-F1"] == pytest.approx(best)
-    # The score and distance thresholds make the same decision as the probability threshold.
-    by_score = scores[keep] >= calibration["score_threshold"]
-    assert np.array_equal(by_score.ravel(), p >= calibration["probability_threshold"])
+    # Per label, the score at which the probability passes the threshold makes the same decision.
+    logit = np.log(calibration["probability_threshold"] / (1 - calibration["probability_threshold"]))
+    per_label = (logit - calibration["intercept"] - np.array(calibration["offsets"])) / calibration["slope"]
+    assert np.array_equal((scores[keep] >= per_label).ravel(), p >= calibration["probability_threshold"])
     assert calibration["distance_threshold"] == pytest.approx(-calibration["score_threshold"])
+    assert calibration["score_threshold"] == pytest.approx(per_label.mean())  # the mean offset's
+
+
+def test_label_offsets_carry_each_labels_prior_and_shrink_where_validation_is_thin():
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=(3000, 20))  # 20 labels: nearly every image has one, so leaving out the rest hardly biases
+    true_offsets = np.linspace(-1.5, 1.5, 20)
+    p = 1 / (1 + np.exp(-(2.0 * scores - 1.0 + true_offsets)))
+    targets = (rng.random(p.shape) < p).astype(int)
+    calibration = fit_calibration(scores, targets)
+    fitted = np.array(calibration["offsets"])
+    np.testing.assert_allclose(fitted - fitted.mean(), true_offsets, atol=0.25)
+    # The per-label decision beats one shared mapping on its own validation data.
+    shared = fit_calibration(scores, targets) | {"offsets": [0.0] * 20}
+    assert calibration["validation"]["O-F1"] > threshold_metrics(scores, targets, shared)["O-F1"] - 1e-9
+    # A label without a validation positive would get an offset of minus infinity: the prior keeps it finite,
+    # and a rare one sits below the frequent ones.
+    rare = np.zeros((3000, 2), dtype=int)
+    rare[:3, 1] = 1
+    both = fit_calibration(np.hstack([scores, scores[:, :2]]), np.hstack([targets, rare]))
+    assert np.isfinite(both["offsets"][20]) and both["offsets"][20] < both["offsets"][21] < min(both["offsets"][:20])
+    # A column that is no training label takes the mean offset; a mismatched shape is refused.
+    from labelspace.evaluation.calibration import label_offsets
+
+    assert label_offsets(calibration, [0, None]).tolist() == pytest.approx(
+        [calibration["offsets"][0], np.mean(calibration["offsets"])])
+    with pytest.raises(ValueError, match="pass their offsets"):
+        calibrated_probabilities(scores[:, :2], calibration)
+    assert calibrated_probabilities(scores[:, :2], calibration, label_offsets(calibration, [0, 1])).shape == (3000, 2)
 
 
 def test_threshold_metrics_hand_worked():

@@ -104,3 +104,18 @@ def test_prepared_data_is_rebuilt_when_its_files_are_gone(tiny_dataset, tmp_path
     shutil.rmtree(data.folder)  # what a cached ZenML step would otherwise point at
     assert np.array_equal(np.asarray(data.images()), first)
     assert data.images().shape == (len(first), 16, 16, 3)
+
+
+def test_auto_holds_out_a_seeded_share_that_does_not_depend_on_concept_order():
+    concepts = [f"label{i}" for i in range(20)]
+    held = held_out_labels("auto", concepts, fraction=0.2, seed=3)
+    assert len(held.labels) == 4 and set(held.labels) <= set(concepts) and held.not_concepts == []
+    assert held_out_labels("auto", concepts[::-1], fraction=0.2, seed=3).labels == held.labels
+    assert held_out_labels("auto", concepts, fraction=0.2, seed=4).labels != held.labels
+    assert "4 of 20" in held.rule and "seed 3" in held.rule
+    # At least one, and never so many that fewer than two labels train.
+    assert len(held_out_labels("auto", concepts[:3], fraction=0.1).labels) == 1
+    assert len(held_out_labels("auto", concepts[:4], fraction=0.9).labels) == 2
+    assert held_out_labels("auto", concepts[:2]).labels == []
+    with pytest.raises(ValueError, match="use auto or a list"):
+        held_out_labels("all", concepts)

@@ -196,3 +196,34 @@ def test_bce_baseline_gives_one_logit_per_label():
         assert logits.shape == (2, 7)
         assert torch.equal(model.scores(x), logits)
         assert torch.allclose(model.from_features(model.features(x)), logits)
+
+
+def test_absent_unseen_directions_keep_training_labels_and_stop_far_words_from_becoming_hubs():
+    torch.manual_seed(0)
+    model = LabelSpaceModel(backbone="resnet18", k=3, d=6, pretrained=False, freeze_backbone=True, dropout=0.0,
+                            normalize=True, center_words=True, learn_scale=False, unseen_directions="absent").eval()
+    training = torch.zeros(3, 6)
+    training[0, 0], training[1, 1], training[2, 2] = 1.0, 2.0, 3.0  # centred, they span three of six directions
+    model.set_word_center(training)
+    A = torch.randn(4, 3, 6)
+    raw = model.distances_from_output(A, training)  # not fitted yet: D as A measures it
+    far = torch.zeros(1, 6)
+    far[0, 5] = 1.0
+    far = far + model.word_center  # after centring: wholly outside the span
+    assert model.distances_from_output(A, far).max() < raw.max()  # raw, the far word is measured on directions A ignores
+
+    model.fit_unseen_directions(training, absent_distance=0.4)
+    assert model.unseen_fitted
+    torch.testing.assert_close(model.distances_from_output(A, training), raw, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.distances_from_output(A, far), torch.full((4, 1), 0.4), rtol=1e-6, atol=1e-6)
+    # Half in the span, half out: its projection's D on the in-span half, 0.4 on the rest.
+    mixed = model.word_center + (training[0] - model.word_center) / (training[0] - model.word_center).norm() + \
+        torch.eye(6)[5]
+    inside = (mixed - model.word_center) @ model.label_span
+    expected = label_distances(A / A.flatten(1).norm(dim=1).view(-1, 1, 1), inside.view(1, -1) / 2 ** 0.5) + 0.4 * 0.5
+    torch.testing.assert_close(model.distances_from_output(A, mixed.view(1, -1)), expected, rtol=1e-5, atol=1e-6)
+    # It travels with the weights: a rebuilt model measures the same.
+    again = LabelSpaceModel(backbone="resnet18", k=3, d=6, pretrained=False, freeze_backbone=True, dropout=0.0,
+                            normalize=True, center_words=True, learn_scale=False, unseen_directions="absent")
+    again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again.eval().distances_from_output(A, far), torch.full((4, 1), 0.4))

@@ -94,3 +94,49 @@ def test_class_f1_chance_is_left_out_rather_than_estimated_when_too_large():
 def test_zero_shot_without_any_held_out_positive_is_a_clear_error():
     with pytest.raises(ValueError, match="no evaluated image has any of the held-out labels"):
         zero_shot_metrics(np.zeros((2, 2)), np.zeros((2, 2)), ["sandal", "shirt"])
+
+
+def _scores_for(top_sets: tuple[tuple[int, ...], ...], n_labels: int) -> np.ndarray:
+    """Scores whose top-k per image is exactly the given set (k = its size)."""
+    s = np.zeros((len(top_sets), n_labels))
+    for i, chosen in enumerate(top_sets):
+        s[i, list(chosen)] = 1.0 + np.arange(len(chosen))  # distinct, above every other label
+    return s
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_gzsl_chance_equals_the_mean_over_every_random_top_k(k):
+    from labelspace.evaluation.zero_shot import chance_restricted_topk, generalized_zero_shot_metrics
+
+    # 3 images, 4 labels, held out: c and d (columns 2, 3); each image's top-k is one of C(4, k) sets.
+    targets = np.array([[1, 0, 1, 0], [0, 1, 1, 1], [1, 1, 0, 1]])
+    labels = ["a", "b", "c", "d"]
+    sets = list(itertools.combinations(range(4), k))
+    figures = []
+    for choice in itertools.product(sets, repeat=3):
+        result = generalized_zero_shot_metrics(_scores_for(choice, 4), targets, labels, ["c", "d"], (k,))
+        figures.append([result[f"top{k}"][key] for key in ("O-P", "O-R", "O-F1", "C-P", "C-R", "unseen_share")])
+    expected = np.mean(figures, axis=0)
+    chance = chance_restricted_topk(targets, np.array([2, 3]), k)
+    got = [chance[key] for key in ("O-P", "O-R", "O-F1", "C-P", "C-R")] + [2 / 4]
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    assert result["chance"][f"top{k}"]["O-F1"] == pytest.approx(expected[2])
+
+
+def test_gzsl_counts_only_the_held_out_labels_and_reports_how_often_they_are_crowded_out():
+    from labelspace.evaluation.zero_shot import generalized_zero_shot_metrics
+
+    labels = ["a", "b", "c"]
+    targets = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 1], [0, 0, 0]])
+    scores = np.array([[3, 0, 2], [0, 3, 2], [1, 0, 2], [0, 0, 1.0]])  # top-1: a, b, c; no label on the last
+    result = generalized_zero_shot_metrics(scores, targets, labels, ["c"], (1, 2))
+    assert result["n_images"] == 3  # the image without any label is left out
+    # top-1 predicts c once (image 3, correct); c has 2 positives.
+    assert result["top1"]["O-P"] == 1.0 and result["top1"]["O-R"] == 0.5
+    assert result["top1"]["unseen_share"] == pytest.approx(1 / 3)
+    # top-2 holds c on all three images: two correct of three.
+    assert result["top2"]["O-P"] == pytest.approx(2 / 3) and result["top2"]["O-R"] == 1.0
+    assert result["mAP"] == pytest.approx(average_precision(scores[:3, 2], targets[:3, 2].astype(bool)))
+    assert result["ratio"]["mAP"] == pytest.approx(result["mAP"] / result["chance"]["mAP"])
+    with pytest.raises(ValueError, match="no test image holds"):
+        generalized_zero_shot_metrics(scores, np.array([[1, 0, 0]] * 4), labels, ["c"], (1,))

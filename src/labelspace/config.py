@@ -105,11 +105,16 @@ class ModelConfig:
     normalize: bool
     center_words: bool
     learn_scale: bool
+    unseen_directions: str
 
     def check(self) -> dict[str, str]:
         problems = _at_least(self, 1, "k")
         if not 0 <= self.dropout < 1:
             problems["dropout"] = "in [0, 1)"
+        if self.unseen_directions not in UNSEEN_DIRECTIONS:
+            problems["unseen_directions"] = f"one of {', '.join(UNSEEN_DIRECTIONS)}"
+        elif self.unseen_directions == "absent" and not self.normalize:
+            problems["unseen_directions"] = "raw when model.normalize is false (absent needs D on [0, 1])"
         if self.backbone not in registered_backbones():
             problems["backbone"] = f"one of {', '.join(registered_backbones())}"
         return problems
@@ -127,6 +132,7 @@ def registered_backbones() -> list[str]:
                   and any(isinstance(d, ast.Name) and d.id == "register_backbone" for d in node.decorator_list))
 
 
+UNSEEN_DIRECTIONS = ("raw", "absent")  # labelspace.model.networks: how a word's part off the training labels counts
 LOSS_VARIANTS = ("paper", "pairwise")
 
 
@@ -198,11 +204,17 @@ class TrainConfig:
 class EvaluateConfig:
     top_k: list[int]
     report: str
-    zero_shot_labels: list[str]
+    zero_shot_labels: list[str] | str
+    zero_shot_fraction: float
+    zero_shot_seed: int
 
     def check(self) -> dict[str, str]:
         if not self.top_k or any(k < 1 for k in self.top_k):
             return {"top_k": "a non-empty list of integers of at least 1, e.g. [3, 5]"}
+        if isinstance(self.zero_shot_labels, str) and self.zero_shot_labels != "auto":
+            return {"zero_shot_labels": "auto or a list of concept names, e.g. [sandal, shirt]"}
+        if not 0 < self.zero_shot_fraction < 1:
+            return {"zero_shot_fraction": "in (0, 1): the share of the concepts `auto` holds out"}
         return {}
 
 

@@ -45,7 +45,7 @@ def run_cli(args: argparse.Namespace) -> int:
     )
     from labelspace.lifecycle.cards import flat_analysis_metrics, load_version, log_analysis
     from labelspace.pipelines.runs import load_baseline
-    from labelspace.training.fit import held_out_labels, training_labels
+    from labelspace.training.fit import held_out_for, training_labels
 
     name = args.model or config.register.model_name
     ref = args.version or f"@{config.register.alias}"
@@ -91,7 +91,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     budget = args.budget or config.analyze.budget
     if config.analyze.sweep_k and not args.no_sweep:
-        held = held_out_labels(config.evaluate.zero_shot_labels, concepts)
+        held = held_out_for(config.evaluate, concepts)
         labels, vectors = training_labels(concepts, resolved.matrix, held.labels)
         sweep_started = time.perf_counter()
         rows, note = k_sweep(list(config.analyze.sweep_k), budget, config.analyze, config.model, config.loss,

@@ -84,6 +84,15 @@ def load_word_vectors(path: str | os.PathLike, binary: bool | None = None, limit
     return KeyedVectors.load_word2vec_format(str(path), binary=binary, limit=limit)
 
 
+def load_open_vocabulary(path: str | os.PathLike, size: int) -> tuple[list[str], np.ndarray] | None:
+    """The `size` most frequent words of a vectors file and their vectors (the served model's open
+    vocabulary); None when size is 0 or no file is given."""
+    if size <= 0 or not path:
+        return None
+    kv = load_word_vectors(path, limit=size)
+    return list(kv.index_to_key), np.asarray(kv.vectors, dtype=np.float32)
+
+
 def save_word_vectors(words: list[str], vectors: np.ndarray, path: str | os.PathLike, binary: bool = True) -> None:
     from gensim.models import KeyedVectors
 

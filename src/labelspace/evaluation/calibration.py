@@ -1,11 +1,16 @@
 """A thresholded decision beside top-k: calibrated scores and one threshold, both fitted on validation.
 
-Calibration is global, not per label (Platt scaling): p = sigmoid(slope * score + intercept), fitted
-by logistic regression over every (image, label) pair of the validation split. One mapping for all
-labels keeps it valid for words never trained on (the label space ranks any word with a vector).
-The probability threshold is the one that maximises O-F1 (micro F1) of "predict every label with
-p >= threshold" on the same split. Both travel with the model (`TrainedModel.calibration`): a
-served image gets the labels whose score passes, with their probabilities.
+Platt scaling with a per-label offset: p = sigmoid(slope * score + intercept + offset_l), fitted by
+penalised logistic regression over every (image, label) pair of the validation split. The slope and
+intercept are shared; each training label's offset carries its prior (on real tags a frequent label
+is present at a distance a rare one is not), and a Gaussian prior on the offsets (`OFFSET_PRIOR`,
+the penalty offset^2 / 2 sigma^2 beside the summed log-loss) keeps a label with few validation
+positives near the shared mapping. A word never trained on (open vocabulary, zero-shot) gets the
+shared mapping with the mean offset. The probability threshold is the one that maximises O-F1 (micro
+F1) of "predict every label with p >= threshold" on the same split. Both travel with the model
+(`TrainedModel.calibration`): a served image gets the labels whose score passes, with their
+probabilities. A calibration without offsets (method "platt", written before offsets existed) is the
+shared mapping alone.
 
 For the label space, score = -D, so the decision is D <= distance_threshold.
 """
@@ -19,22 +24,57 @@ import numpy as np
 
 from labelspace.evaluation.metrics import _as_arrays, _f1
 
-METHOD = "platt"
+METHOD = "platt-label-offsets"
+OFFSET_PRIOR = 1.0  # sigma of the Gaussian prior on each label's offset (in logits)
 
 
-def calibrated_probabilities(scores: Any, calibration: dict[str, Any]) -> np.ndarray:
-    """p = sigmoid(slope * score + intercept), elementwise."""
-    z = calibration["slope"] * np.asarray(scores, dtype=np.float64) + calibration["intercept"]
+def calibrated_probabilities(scores: Any, calibration: dict[str, Any], offsets: Any = None) -> np.ndarray:
+    """p = sigmoid(slope * score + intercept + offset), elementwise over (N, L) scores.
+
+    `offsets` (L,) are the columns' offsets; by default the calibration's own, which need the columns
+    to be its training labels in order (a subset or other words: pass `label_offsets(...)`)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if offsets is None:
+        offsets = calibration.get("offsets")
+        if offsets is not None and (s.ndim != 2 or s.shape[1] != len(offsets)):
+            raise ValueError(f"scores of shape {s.shape} are not the calibration's {len(offsets)} training labels: "
+                             "pass their offsets (labelspace.evaluation.calibration.label_offsets)")
+    z = calibration["slope"] * s + calibration["intercept"] + (0.0 if offsets is None else np.asarray(offsets))
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow warnings
 
 
-def _fit_platt(scores: np.ndarray, relevant: np.ndarray) -> tuple[float, float]:
+def label_offsets(calibration: dict[str, Any], columns: Any) -> np.ndarray:
+    """The offsets of `columns`: a training label's index (into the calibration's labels) or None for
+    a word never trained on, which takes the mean offset."""
+    if not calibration.get("offsets"):  # a shared mapping only (method "platt")
+        return np.zeros(len(columns), dtype=np.float64)
+    offsets = np.asarray(calibration["offsets"], dtype=np.float64)
+    return np.array([offsets.mean() if c is None else offsets[c] for c in columns], dtype=np.float64)
+
+
+def _fit_platt(scores: np.ndarray, relevant: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(slope, intercept, offsets (L,)) minimising the summed log-loss over (N, L) pairs plus
+    sum(offset^2) / (2 OFFSET_PRIOR^2), by L-BFGS from the shared fit (offsets 0)."""
+    from scipy.optimize import minimize
     from sklearn.linear_model import LogisticRegression
 
-    x = scores.reshape(-1, 1)
-    std = float(x.std()) or 1.0
-    fit = LogisticRegression(C=1e6, max_iter=1000).fit(x / std, relevant.ravel())
-    return float(fit.coef_[0, 0] / std), float(fit.intercept_[0])
+    std = float(scores.std()) or 1.0
+    x = scores / std
+    shared = LogisticRegression(C=1e6, max_iter=1000).fit(x.reshape(-1, 1), relevant.ravel())
+    y = relevant.astype(np.float64)
+    penalty = 1.0 / (2 * OFFSET_PRIOR**2)
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        a, c, b = theta[0], theta[1], theta[2:]
+        z = a * x + c + b
+        # log(1 + e^z) - y z, stably; its gradient in z is sigmoid(z) - y
+        value = float((np.logaddexp(0.0, z) - y * z).sum() + penalty * (b**2).sum())
+        g = 0.5 * (1.0 + np.tanh(0.5 * z)) - y
+        return value, np.concatenate([[(g * x).sum(), g.sum()], g.sum(axis=0) + 2 * penalty * b])
+
+    start = np.concatenate([[shared.coef_[0, 0], shared.intercept_[0]], np.zeros(scores.shape[1])])
+    theta = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
+    return float(theta[0] / std), float(theta[1]), theta[2:]
 
 
 def _best_threshold(probabilities: np.ndarray, relevant: np.ndarray) -> float:
@@ -78,11 +118,13 @@ def threshold_metrics(scores: Any, targets: Any, calibration: dict[str, Any]) ->
 
 
 def fit_calibration(scores: Any, targets: Any, head: str = "labelspace") -> dict[str, Any]:
-    """Platt scaling and the O-F1-best threshold from validation scores (N, L) and 0/1 targets.
+    """Platt scaling with label offsets and the O-F1-best threshold from validation scores (N, L) and
+    0/1 targets (columns: the training labels, in order).
 
     Images without any positive label are left out, as in evaluation. The result is plain JSON:
-    method, slope, intercept, probability_threshold, score_threshold, distance_threshold (label
-    space only: score = -D), n_images and the validation metrics of the decision.
+    method, slope, intercept, offsets, probability_threshold, score_threshold and distance_threshold
+    (label space only: score = -D; both for the mean offset), n_images and the validation metrics of
+    the decision.
     """
     s, t = _as_arrays(scores, targets)
     keep = t.any(axis=1)
@@ -90,15 +132,16 @@ def fit_calibration(scores: Any, targets: Any, head: str = "labelspace") -> dict
     if t.shape[0] == 0 or t.all():
         raise ValueError("calibration needs validation images with both positive and negative labels; "
                          "raise train.val_fraction in params.yaml")
-    slope, intercept = _fit_platt(s, t)
+    slope, intercept, offsets = _fit_platt(s, t)
     if slope <= 0:
         raise ValueError(f"calibration found scores anti-correlated with the labels (slope {slope:.3g}): "
                          "the model has not learned; check the training curves")
-    threshold = _best_threshold(calibrated_probabilities(s, {"slope": slope, "intercept": intercept}), t)
-    score_threshold = (math.log(threshold / (1 - threshold)) - intercept) / slope
+    threshold = _best_threshold(calibrated_probabilities(s, {"slope": slope, "intercept": intercept}, offsets), t)
+    # The score (and distance) at which a word with the mean offset is decided: the open vocabulary's.
+    score_threshold = (math.log(threshold / (1 - threshold)) - intercept - float(offsets.mean())) / slope
     calibration: dict[str, Any] = {
-        "method": METHOD, "slope": slope, "intercept": intercept,
-        "probability_threshold": threshold, "score_threshold": score_threshold,
+        "method": METHOD, "slope": slope, "intercept": intercept, "offsets": [float(b) for b in offsets],
+        "offset_prior": OFFSET_PRIOR, "probability_threshold": threshold, "score_threshold": score_threshold,
         "fitted_on": "validation", "n_images": int(t.shape[0]), "selected_by": "O-F1",
     }
     if head == "labelspace":

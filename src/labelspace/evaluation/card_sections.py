@@ -130,9 +130,11 @@ def _model_rows(c) -> list[list[Any]]:
         rows.append(["training", f"{c.epochs} epochs (from the model's history; the run holds no training params)"])
     cal = c.calibration
     if cal:
-        rows.append(["thresholded decision", f"Platt scaling on {cal.get('n_images', '?')} validation images, "
-                                             f"probability ≥ {cal['probability_threshold']:.3f}"
-                     + (f" (D ≤ {cal['distance_threshold']:.4f})" if "distance_threshold" in cal else "")])
+        offsets = "with a shrunk offset per label, " if cal.get("offsets") else ""
+        rows.append(["thresholded decision", f"Platt scaling {offsets}on {cal.get('n_images', '?')} validation "
+                                             f"images, probability ≥ {cal['probability_threshold']:.3f}"
+                     + (f" (D ≤ {cal['distance_threshold']:.4f} for a label of mean offset)"
+                        if "distance_threshold" in cal else "")])
     else:
         rows.append(["thresholded decision", "none: the model only ranks (no validation split to calibrate on)"])
     return rows
@@ -274,9 +276,10 @@ def _analysis_blocks(c, analysis: dict) -> list[dict[str, Any]]:
 def _limitations(c, report: dict, analysis: dict) -> list[str]:
     items = [f"Trained on {len(c.labels)} labels at {c.spec['image_size']} px; images of other kinds or sizes are "
              "out of distribution and were never measured.",
-             "One global threshold and one calibration (fitted on validation) for every label: rare labels may be "
-             "decided less reliably than frequent ones.",
-             "Open-vocabulary words beyond the held-out labels are ranked but never evaluated."]
+             "One probability threshold for every label, on a calibration fitted on validation whose per-label offsets "
+             "are shrunk toward the shared mapping: labels with few validation images are decided by the shared one.",
+             "Open-vocabulary words are measured only by how often a true label still reaches the top 5 among them "
+             "(reports/metrics.json, open_vocabulary); no open word is ever checked as a tag."]
     ls, bce = report.get("labelspace", {}), report.get("bce", {})
     if ls.get("mAP") is not None and bce.get("mAP") is not None and bce["mAP"] > ls["mAP"]:
         items.append(f"The BCE baseline beats the label space on mAP by {100 * (bce['mAP'] - ls['mAP']):.1f} points "

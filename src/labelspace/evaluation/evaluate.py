@@ -19,8 +19,9 @@ from labelspace.data.splits import split_indices, target_matrix
 from labelspace.evaluation import plots
 from labelspace.evaluation.calibration import calibrated_probabilities
 from labelspace.evaluation.metrics import per_class_f1
+from labelspace.evaluation.open_vocabulary import nearest_words, open_vocabulary_metrics, open_vocabulary_words
 from labelspace.evaluation.report import evaluate_scores
-from labelspace.evaluation.zero_shot import zero_shot_metrics
+from labelspace.evaluation.zero_shot import generalized_zero_shot_metrics, zero_shot_metrics
 from labelspace.model.bundle import TrainedModel
 from labelspace.training.fit import HeldOut
 from labelspace.training.loop import extract_features, resolve_device, scores_from_features
@@ -39,6 +40,7 @@ def evaluate_models(
     *,
     device: str = "auto",
     feature_batch_size: int = 128,
+    open_vocabulary: tuple[list[str], np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(report, figures by file name) for `models` {"labelspace": ..., "bce": ...} on the test split.
 
@@ -67,7 +69,12 @@ def evaluate_models(
             reliability[name] = (calibrated_probabilities(scores, trained.calibration), targets)
         if name == "labelspace" and zero_shot_labels:
             report["zero_shot"] = _zero_shot(model, feats, manifest.iloc[test_idx], labels, label_vectors,
-                                             zero_shot_labels, dev)
+                                             zero_shot_labels, dev, ks)
+        if name == "labelspace" and open_vocabulary is not None:
+            words, vectors = open_vocabulary_words(labels, *open_vocabulary)
+            nearest = nearest_words(model, feats, np.concatenate([label_vectors, vectors]), dev, max(5, *ks))
+            report["open_vocabulary"] = open_vocabulary_metrics(
+                nearest, labels, target_matrix(manifest.iloc[test_idx], labels), words, zero_shot_labels, (1, 5))
     if held_out.not_concepts:
         report["zero_shot"]["not_concepts"] = list(held_out.not_concepts)
     report["data"] = {"n_test_images": int(len(test_idx)),
@@ -84,13 +91,17 @@ def evaluate_models(
 
 
 def _zero_shot(model, feats, test_rows: pd.DataFrame, labels: list[str], label_vectors: np.ndarray,
-               held_out: list[str], device) -> dict[str, Any]:
+               held_out: list[str], device, ks: tuple[int, ...]) -> dict[str, Any]:
+    """ZSL (the held-out labels ranked alone, top-1) and, under "gzsl", GZSL (every concept ranked
+    together; the held-out labels' top-k and mAP), each beside exact chance."""
+    scores = scores_from_features(model, feats, label_vectors, device)
+    targets = target_matrix(test_rows, labels)
     rows = [labels.index(label) for label in held_out]
-    scores = scores_from_features(model, feats, label_vectors[rows], device)
-    targets = target_matrix(test_rows, held_out)
-    if not targets.any():
+    if not targets[:, rows].any():
         return {"labels": held_out, "n_images": 0, "note": "no test image holds a held-out label: nothing to rank"}
-    return {"model": "labelspace", **zero_shot_metrics(scores, targets, held_out, k=1)}
+    result = {"model": "labelspace", **zero_shot_metrics(scores[:, rows], targets[:, rows], held_out, k=1)}
+    result["gzsl"] = generalized_zero_shot_metrics(scores, targets, labels, held_out, ks)
+    return result
 
 
 def write_report(report: dict[str, Any], figures: dict[str, Any], report_path: str | Path) -> list[Path]:

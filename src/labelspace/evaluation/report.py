@@ -79,4 +79,26 @@ def metrics_table(report: dict[str, Any], models: tuple[str, ...] = ("labelspace
                          + (f"  ({top1[key] / c:.2f}x)" if c else ""))
         lines.append(f"  mAP    {100 * zero_shot['mAP']:5.1f}  chance {100 * chance['mAP']:5.1f}  "
                      f"({zero_shot['mAP'] / chance['mAP']:.2f}x)")
+    gzsl = zero_shot.get("gzsl")
+    if gzsl:
+        lines.append(f"generalized zero-shot, all {gzsl['n_labels_ranked']} concepts ranked together on the "
+                     f"{gzsl['n_images']} test images with a label; counted on the held-out labels:")
+        for key in sorted((k for k in gzsl if k.startswith("top")), key=lambda k: int(k[3:])):
+            row, c = gzsl[key], gzsl["chance"][key]
+            lines.append(f"  O-F1@{key[3:]} {100 * row['O-F1']:5.1f}  chance {100 * c['O-F1']:5.1f}"
+                         + (f"  ({row['O-F1'] / c['O-F1']:.2f}x)" if c["O-F1"] else "")
+                         + f"   share of top-{key[3:]} slots {100 * row['unseen_share']:.1f} "
+                         f"(chance {100 * c['unseen_share']:.1f})")
+        lines.append(f"  mAP    {100 * gzsl['mAP']:5.1f}  chance {100 * gzsl['chance']['mAP']:5.1f}  "
+                     f"({gzsl['ratio']['mAP']:.2f}x)")
+    open_vocabulary = report.get("open_vocabulary")
+    if open_vocabulary:
+        chance = open_vocabulary["chance"]
+        lines.append(f"open vocabulary, the {open_vocabulary['n_concepts']} concepts ranked among "
+                     f"{open_vocabulary['n_words_ranked']} words on {open_vocabulary['n_images']} test images:")
+        for key in ("hit@1", "hit@5", "held_out_hit@5", "concept_share@5"):
+            if key in open_vocabulary:
+                lines.append(f"  {key:<16}{100 * open_vocabulary[key]:6.1f}  chance {100 * chance[key]:6.2f}")
+        lines.append("  most often first: " + ", ".join(f"{h['word']} ({100 * h['top1_share']:.0f}%)"
+                                                   for h in open_vocabulary["hubs"][:5]))
     return "\n".join(lines)

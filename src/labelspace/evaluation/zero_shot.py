@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from labelspace.evaluation.metrics import mean_average_precision, topk_metrics
+from labelspace.evaluation.metrics import _f1, average_precision, mean_average_precision, topk_mask, topk_metrics
 
 MAX_STATES = 5_000_000
 
@@ -148,5 +148,99 @@ def zero_shot_metrics(scores: Any, targets: Any, labels: list[str], k: int = 1) 
     result["ratio"] = {
         f"top{k}_{key}": (top[key] / chance_top[key] if chance_top[key] else None) for key in ("O-F1", "C-F1")
     }
+    result["ratio"]["mAP"] = result["mAP"] / result["chance"]["mAP"]
+    return result
+
+
+def _hypergeometric_pmf(population: int, successes: int, draws: int) -> np.ndarray:
+    """P(X = x), x = 0..draws, of the successes among `draws` items drawn without replacement."""
+    total = math.comb(population, draws)
+    return np.array([math.comb(successes, x) * math.comb(population - successes, draws - x) / total
+                     for x in range(draws + 1)])
+
+
+def _sum_pmf(pmf: np.ndarray, n: int) -> np.ndarray:
+    """The pmf of the sum of n independent copies of a variable with `pmf` (FFT convolutions by
+    repeated squaring: exact up to float rounding, clipped at 0 and renormalised)."""
+    from scipy.signal import fftconvolve
+
+    result, power = np.ones(1), pmf
+    while n:
+        if n & 1:
+            result = np.clip(fftconvolve(result, power), 0, None)
+        n >>= 1
+        if n:
+            power = np.clip(fftconvolve(power, power), 0, None)
+        result, power = result / result.sum(), power / power.sum()
+    return result
+
+
+def chance_restricted_topk(targets: Any, columns: np.ndarray, k: int) -> dict[str, float | None]:
+    """Exact expected O-P, O-R, O-F1, C-P, C-R of top-k predictions over all L labels, counted on
+    `columns` only, when each image's top-k is a uniformly random k-subset of the labels.
+
+    With u = len(columns), q = k/L, P positives on the columns over N images: the number m_i of the
+    columns in image i's top-k is hypergeometric (L, u, k), independent over images; given m_i the
+    columns predicted are a uniform m_i-subset, so E[correct_i | m_i] = m_i pos_i / u, and given the
+    total M = sum m_i, E[m_i | M] = M / N (the m_i are exchangeable). Hence E[correct | M] = M P / (N u),
+    E[O-P] = P / (N u) * Pr(M > 0), E[O-R] = q, E[O-F1] = sum_M Pr(M) * 2 M P / (N u) / (M + P), with
+    M's exact distribution (the N-fold convolution). Per class, as in `chance_topk_metrics`.
+    C-F1 is not linear in the counts and is left out (None)."""
+    t = _kept(targets)
+    n, n_labels = t.shape
+    columns = np.asarray(columns)
+    u, k = len(columns), min(k, n_labels)
+    q = k / n_labels
+    positives = t[:, columns].sum(axis=0)
+    total = float(positives.sum())
+    pmf = _sum_pmf(_hypergeometric_pmf(n_labels, u, k), n)
+    m = np.arange(len(pmf), dtype=np.float64)
+    expected_correct = m * total / (n * u)
+    evaluated = positives > 0
+    return {
+        "C-P": float((positives[evaluated] / n * (1 - (1 - q) ** n)).mean()) if evaluated.any() else 0.0,
+        "C-R": q,
+        "C-F1": None,
+        "O-P": float(total / (n * u) * (1 - pmf[0])),
+        "O-R": q,
+        "O-F1": float(pmf @ np.divide(2 * expected_correct, m + total, out=np.zeros_like(m), where=m + total > 0)),
+    }
+
+
+def generalized_zero_shot_metrics(scores: Any, targets: Any, labels: list[str], held_out: list[str],
+                                  ks: tuple[int, ...] = (3, 5)) -> dict[str, Any]:
+    """GZSL: every label (trained and held out) ranked together on every test image with a positive;
+    top-k precision, recall and F1 counted on the held-out labels, their mAP over those images, and
+    `unseen_share` (the share of top-k slots the held-out labels take: 0 when the trained labels
+    crowd them out), each beside exact chance (`chance_restricted_topk`, `expected_average_precision`)."""
+    s, t = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(bool)
+    if s.shape != t.shape or s.shape[1] != len(labels):
+        raise ValueError(f"scores {s.shape} and targets {t.shape} must both be (N, {len(labels)})")
+    columns = np.array([labels.index(label) for label in held_out])
+    keep = t.any(axis=1)
+    s, t = s[keep], t[keep]
+    n = int(keep.sum())
+    positives = t[:, columns].sum(axis=0)
+    evaluated = positives > 0
+    if not evaluated.any():
+        raise ValueError(f"no test image holds any of the held-out labels {held_out}: nothing to evaluate")
+    result: dict[str, Any] = {"labels": list(held_out), "n_labels_ranked": len(labels), "n_images": n,
+                              "chance": {}, "ratio": {}}
+    for k in ks:
+        pred = topk_mask(s, k)[:, columns]
+        correct, predicted = (pred & t[:, columns]).sum(axis=0).astype(float), pred.sum(axis=0).astype(float)
+        p = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)[evaluated]
+        r = (correct[evaluated] / positives[evaluated])
+        op = float(correct.sum() / predicted.sum()) if predicted.sum() else 0.0
+        orr = float(correct.sum() / positives.sum())
+        cp, cr = float(p.mean()), float(r.mean())
+        result[f"top{k}"] = {"C-P": cp, "C-R": cr, "C-F1": _f1(cp, cr), "O-P": op, "O-R": orr, "O-F1": _f1(op, orr),
+                             "unseen_share": float(predicted.sum() / (n * min(k, len(labels))))}
+        chance = chance_restricted_topk(t, columns, k)
+        chance["unseen_share"] = len(columns) / len(labels)
+        result["chance"][f"top{k}"] = chance
+        result["ratio"][f"top{k}_O-F1"] = result[f"top{k}"]["O-F1"] / chance["O-F1"] if chance["O-F1"] else None
+    result["mAP"] = float(np.mean([average_precision(s[:, c], t[:, c]) for c in columns[evaluated]]))
+    result["chance"]["mAP"] = float(np.mean([expected_average_precision(n, int(r)) for r in positives[evaluated]]))
     result["ratio"]["mAP"] = result["mAP"] / result["chance"]["mAP"]
     return result

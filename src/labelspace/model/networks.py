@@ -9,6 +9,17 @@ every image and word, so a margin and an absolute threshold mean the same thing 
 paper's D has no fixed scale: a margin only sets how large A grows). `center_words=True` first
 subtracts the mean of the training labels' vectors (a buffer in the state_dict), which removes the
 direction every garment word shares and leaves the directions that tell labels apart.
+
+`unseen_directions="absent"` fixes how words far from every training label are measured. Training
+only ever shows A the span of the training labels' (prepared) vectors; under the unit-Frobenius
+normalisation A puts its whole norm there, so the part of a word outside that span gets almost no
+distance, and the words farthest from every training label (their vectors mostly outside the span)
+come out nearest to every image: hubs. With "absent", D = ||Â P ŵ||^2 + δ ||(I - P) ŵ||^2, where P
+projects onto that span and δ is the median distance of an absent training label on validation
+(`fit_unseen_directions`, after training): the part of a word the model never learnt about counts
+as what a typical absent label measures. A training label lies in the span, so its D is unchanged;
+a word wholly outside it scores δ for every image (a typical absent label, never a hub); a near
+synonym scores between its projection's D and δ, by how much of it lies in the span.
 """
 
 from __future__ import annotations
@@ -43,13 +54,21 @@ class LabelSpaceModel(nn.Module):
         normalize: bool,
         center_words: bool,
         learn_scale: bool,
+        unseen_directions: str = "raw",
     ) -> None:
         super().__init__()
         self.k, self.d = k, d
         self.normalize, self.center_words, self.learn_scale = normalize, center_words, learn_scale
+        if unseen_directions not in ("raw", "absent"):
+            raise ValueError(f"unseen_directions must be raw or absent, got {unseen_directions!r}")
+        self.unseen_directions = unseen_directions
         if center_words:
             # Set from the training labels by set_word_center(); saved and restored with the weights.
             self.register_buffer("word_center", torch.zeros(d))
+        if unseen_directions == "absent":
+            # Set after training by fit_unseen_directions(); until then (while training) D is raw.
+            self.register_buffer("label_span", torch.zeros(d, d))
+            self.register_buffer("absent_distance", torch.full((), float("nan")))
         if learn_scale:
             self.log_scale = nn.Parameter(torch.zeros(()))  # D is multiplied by exp(log_scale)
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights_path=weights_path)
@@ -94,11 +113,31 @@ class LabelSpaceModel(nn.Module):
             W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return W
 
+    def fit_unseen_directions(self, training_vectors: torch.Tensor, absent_distance: float) -> None:
+        """P, the projector onto the span of the training labels' prepared vectors, and δ, the distance
+        of a typical absent label (the module docstring); needs unseen_directions="absent"."""
+        if self.unseen_directions != "absent":
+            raise ValueError("fit_unseen_directions needs a model built with unseen_directions='absent'")
+        W = self.prepare_words(torch.as_tensor(training_vectors, dtype=torch.float32).to(self.label_span.device))
+        _, singular, vh = torch.linalg.svd(W.double(), full_matrices=False)
+        basis = vh[: int((singular > singular[0] * 1e-6).sum())]
+        self.label_span.copy_((basis.T @ basis).float())
+        self.absent_distance.fill_(float(absent_distance))
+
+    @property
+    def unseen_fitted(self) -> bool:
+        return self.unseen_directions == "absent" and not bool(torch.isnan(self.absent_distance))
+
     def distances_from_output(self, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """D (B, L) from the head's output A (B, k, d) and raw word vectors W (L, d)."""
         if self.normalize:
             A = A / A.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)  # ||A||_F = 1 per image
-        D = label_distances(A, self.prepare_words(W.to(A.device)))
+        W = self.prepare_words(W.to(A.device))
+        if self.unseen_fitted:
+            inside = W @ self.label_span
+            D = label_distances(A, inside) + self.absent_distance * (W - inside).pow(2).sum(dim=1)
+        else:
+            D = label_distances(A, W)
         return D * self.log_scale.exp() if self.learn_scale else D
 
     def distances(self, images: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,8 @@ class ModelSpec:
     learn_scale: bool
     freeze_backbone: bool
     image_size: int  # side of the square input the model was trained on
+    # "raw" or "absent" (labelspace.model.networks); bundles written before it existed are "raw".
+    unseen_directions: str = "raw"
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -40,7 +42,8 @@ class ModelSpec:
         """The spec of `model` (config.ModelConfig) for `n_labels` labels of dimension `d`."""
         return cls(head=head, backbone=model.backbone, k=model.k, d=d, n_labels=n_labels, dropout=model.dropout,
                    normalize=model.normalize, center_words=model.center_words, learn_scale=model.learn_scale,
-                   freeze_backbone=model.freeze_backbone, image_size=image_size)
+                   freeze_backbone=model.freeze_backbone, image_size=image_size,
+                   unseen_directions=model.unseen_directions)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,7 +51,8 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         names = {f.name for f in dataclasses.fields(cls)}
-        missing, unknown = sorted(names - set(data)), sorted(set(data) - names)
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
         if missing or unknown:
             raise ValueError(f"not a labelspace model spec: missing {missing or 'nothing'}, unknown {unknown or 'nothing'}; "
                              "the bundle was written by another labelspace version: retrain or use that version")
@@ -64,5 +68,5 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False, weights_path: str 
                   freeze_backbone=spec.freeze_backbone, dropout=spec.dropout)
     if spec.head == "labelspace":
         return LabelSpaceModel(k=spec.k, d=spec.d, normalize=spec.normalize, center_words=spec.center_words,
-                               learn_scale=spec.learn_scale, **common)
+                               learn_scale=spec.learn_scale, unseen_directions=spec.unseen_directions, **common)
     return BCEBaselineModel(n_labels=spec.n_labels, **common)

@@ -25,7 +25,7 @@ def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | N
     Vertex, ...; not the local one) instead of running it: ({}, {}) then (docs/lifecycle.md)."""
     from labelspace.data.versions import dataset_version
     from labelspace.lifecycle.tracking import configure_mlflow, ensure_experiment
-    from labelspace.training.fit import held_out_labels
+    from labelspace.training.fit import held_out_for
 
     root = config.root
     dataset_path = config.resolve(dataset or config.ingest.dataset)
@@ -38,7 +38,8 @@ def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | N
     print(f"dataset {dataset_path} @ {versions['dataset']}\nvectors {vectors_path} @ {versions['vectors']}")
     from labelspace.data.nuswide import read_concepts
 
-    held_out = held_out_labels(config.evaluate.zero_shot_labels, read_concepts(dataset_path))
+    held_out = held_out_for(config.evaluate, read_concepts(dataset_path))
+    print(f"zero-shot labels ({held_out.rule}): {', '.join(held_out.labels) or 'none'}")
 
     tracking_uri = configure_mlflow(root)
     from labelspace.pipelines.stack import ensure_stack

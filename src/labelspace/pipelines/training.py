@@ -70,7 +70,8 @@ def training_pipeline(
     metrics = evaluate.with_options(enable_cache=False)(
         manifest=manifest, prepared_data=data, labelspace_model=labelspace_model, bce_model=baseline, labels=labels,
         label_vectors=label_vectors, evaluate=evaluate_config, held_out=held_out, not_concepts=not_concepts,
-        report_path=report_path, feature_batch_size=train_config.feature_batch_size,
+        report_path=report_path, feature_batch_size=train_config.feature_batch_size, vectors_path=vectors_path,
+        open_vocabulary_size=register_config.open_vocabulary_size,
     )
     registered = register(model=labelspace_model, metrics=metrics, prepared_data=data, vectors_path=vectors_path,
                           vectors_version=vectors_version, params_hash=params_hash, register=register_config,

@@ -14,12 +14,9 @@ def package_inputs(images: np.ndarray, vectors_path: str, open_vocabulary_size: 
     The open vocabulary is the `open_vocabulary_size` most frequent words of the vectors file, so a
     caller can rank any of them; 0 bundles none.
     """
-    from labelspace.data.word_vectors import load_word_vectors
+    from labelspace.data.word_vectors import load_open_vocabulary
 
-    open_vocabulary = None
-    if open_vocabulary_size > 0:
-        kv = load_word_vectors(vectors_path, limit=open_vocabulary_size)
-        open_vocabulary = (list(kv.index_to_key), np.asarray(kv.vectors, dtype=np.float32))
+    open_vocabulary = load_open_vocabulary(vectors_path, open_vocabulary_size)
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(images[0])).save(buffer, format="JPEG", quality=95)
     return open_vocabulary, buffer.getvalue()

@@ -48,7 +48,7 @@ from PIL import Image
 import labelspace
 from labelspace.config import ServingConfig
 from labelspace.data.word_vectors import resolve_label
-from labelspace.evaluation.calibration import calibrated_probabilities
+from labelspace.evaluation.calibration import calibrated_probabilities, label_offsets
 from labelspace.model.bundle import TrainedModel
 from labelspace.serving.errors import ServingError, guard_scoring_server, in_scoring_server, too_large
 from labelspace.serving.images import IMAGE_COLUMN, decode, image_to_base64, read_image
@@ -99,7 +99,7 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
         for row, word in enumerate(words):
             self.row_of.setdefault(word, row)  # a training label wins over the same open word
         # A requested word whose vector is a training label's gets that label's calibrated decision.
-        self.training_vectors = {row.tobytes() for row in self.vectors[: len(self.labels)].cpu().numpy()}
+        self.training_vectors = {row.tobytes(): i for i, row in enumerate(self.vectors[: len(self.labels)].cpu().numpy())}
         if in_scoring_server():
             guard_scoring_server(self.check_request)
 
@@ -112,10 +112,11 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
         return None if image_values(model_input, self.limits) else empty_result()
 
     def _vocabulary(self, requested: list[str]) -> tuple[list[str], torch.Tensor, np.ndarray]:
-        """(names, their vectors (L, d), which of them the calibration covers (L,) bool)."""
+        """(names, their vectors (L, d), the training label each is (L,) int; -1: none, the calibration
+        does not cover it)."""
         n = len(self.labels)
         if not requested:
-            return list(self.labels), self.vectors[:n], np.ones(n, dtype=bool)
+            return list(self.labels), self.vectors[:n], np.arange(n)
         vectors, unknown = [], []
         for word in requested:
             vector = self._resolve(word)
@@ -132,7 +133,7 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
                 "with an open vocabulary that covers them."
             )
         W = torch.stack(vectors)
-        calibrated = np.array([row.tobytes() in self.training_vectors for row in W.cpu().numpy()], dtype=bool)
+        calibrated = np.array([self.training_vectors.get(row.tobytes(), -1) for row in W.cpu().numpy()])
         return list(requested), W, calibrated
 
     def _resolve(self, word: str) -> torch.Tensor | None:
@@ -159,7 +160,7 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
             raise too_large(f"the request's {len(images)} images hold {total} pixels, over the limit of "
                             f"{self.limits.max_request_pixels} per request; send fewer or smaller images")
 
-        decided_over = calibrated if self.calibration else np.zeros_like(calibrated)
+        decided_over = (calibrated >= 0) if self.calibration else np.zeros(len(calibrated), dtype=bool)
         uncalibrated = [names[i] for i in np.flatnonzero(~decided_over)]
         out: dict[str, list] = {column: [] for column in OUTPUT_COLUMNS}
         for start in range(0, len(images), BATCH_SIZE):
@@ -180,10 +181,11 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
     def _decide(self, D: np.ndarray, names: list[str], calibrated: np.ndarray) -> list[tuple[list[str], list[float]]]:
         """The thresholded decision over the calibrated labels: every one whose probability passes the
         threshold chosen on validation, most probable first; nothing without a calibration."""
-        columns = np.flatnonzero(calibrated)
+        columns = np.flatnonzero(calibrated >= 0)
         if not self.calibration or columns.size == 0:
             return [([], []) for _ in range(len(D))]
-        p = calibrated_probabilities(-D[:, columns], self.calibration)  # score = -D
+        offsets = label_offsets(self.calibration, calibrated[columns].tolist())
+        p = calibrated_probabilities(-D[:, columns], self.calibration, offsets)  # score = -D
         out = []
         for row in p:
             keep = np.flatnonzero(row >= self.calibration["probability_threshold"])

@@ -38,12 +38,35 @@ class HeldOut:
 
     labels: list[str]
     not_concepts: list[str]
+    rule: str = "listed"
 
 
-def held_out_labels(wanted: Sequence[str], concepts: Sequence[str]) -> HeldOut:
+def held_out_labels(wanted: Sequence[str] | str, concepts: Sequence[str], *, fraction: float = 0.2,
+                    seed: int = 0) -> HeldOut:
+    """The labels `evaluate.zero_shot_labels` holds out. A list names them (names that are no concept
+    are set aside in `not_concepts`); "auto" draws round(fraction x concepts) of them (at least 1,
+    and never all but one) with `seed`, from the sorted concept names, so the draw depends on the
+    dataset's concepts and the seed only, never on file order."""
+    if isinstance(wanted, str):
+        if wanted != "auto":
+            raise ValueError(f"evaluate.zero_shot_labels = {wanted!r}: use auto or a list of concept names")
+        names = sorted(set(concepts))
+        if len(names) < 3:
+            return HeldOut(labels=[], not_concepts=[], rule=f"auto: {len(names)} concepts, too few to hold any out")
+        n = min(len(names) - 2, max(1, round(fraction * len(names))))
+        order = np.random.default_rng(seed).permutation(len(names))
+        chosen = sorted(names[i] for i in order[:n])
+        return HeldOut(labels=chosen, not_concepts=[],
+                       rule=f"auto: {n} of {len(names)} concepts ({fraction:.0%}), seed {seed}")
     present = set(concepts)
     return HeldOut(labels=[label for label in wanted if label in present],
                    not_concepts=[label for label in wanted if label not in present])
+
+
+def held_out_for(evaluate, concepts: Sequence[str]) -> HeldOut:
+    """`held_out_labels` with an `EvaluateConfig`'s list or rule, share and seed."""
+    return held_out_labels(evaluate.zero_shot_labels, concepts, fraction=evaluate.zero_shot_fraction,
+                           seed=evaluate.zero_shot_seed)
 
 
 def training_labels(labels: Sequence[str], label_vectors: np.ndarray,
@@ -152,6 +175,9 @@ def fit_head(
     except ValueError as e:  # e.g. no validation split: the model still ranks, without a threshold
         note = f"no thresholded decision: {e}"
         log.warning("%s: %s", head, note)
+    if getattr(result.model, "unseen_directions", "raw") == "absent":
+        note = _fit_unseen_directions(result.model, vectors, final_scores if final_scores is not None
+                                      else validate.scores(result.model), val_targets, note)
     seconds = {**result.seconds, "calibration": time.perf_counter() - start}
     trained = TrainedModel(spec=spec, labels=train_labels, label_vectors=vectors,
                            state_dict=result.model.state_dict(), history=result.history,
@@ -159,6 +185,18 @@ def fit_head(
     return FitResult(model=trained, resumed_from_epoch=result.resumed_from_epoch,
                      n_train_images=len(splits["train"]), n_val_images=len(splits["val"]), note=note,
                      threads=result.threads, seconds=seconds, processes=result.processes)
+
+
+def _fit_unseen_directions(model, vectors: np.ndarray, val_scores: np.ndarray | None, val_targets: np.ndarray,
+                           note: str) -> str:
+    """δ of model.unseen_directions "absent": the median D of the absent training labels on validation
+    (scores are -D). Without a validation split D stays raw, and the note says so."""
+    absent = None if val_scores is None or val_targets.size == 0 else -np.asarray(val_scores)[~val_targets.astype(bool)]
+    if absent is None or absent.size == 0:
+        log.warning("labelspace: no validation negatives: words off the training labels' span are measured raw")
+        return (note + "; " if note else "") + "unseen directions raw: no validation split to fit their distance"
+    model.fit_unseen_directions(torch.as_tensor(vectors), float(np.median(absent)))
+    return note
 
 
 def backbone_provenance(model: torch.nn.Module) -> dict[str, str | None]:
