@@ -108,6 +108,9 @@ def main() -> None:
                         help="time the very first run of a fresh project (ZenML's database and the decoded "
                              "images are created during it)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--cache-distributions", action="store_true",
+                        help="what-if: the timed run with importlib.metadata.packages_distributions cached "
+                             "(ZenML calls it for every artifact it stores); see _instrument.py")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
@@ -116,6 +119,8 @@ def main() -> None:
         env = prepare_workdir(work, args)
         if args.warm_up:
             run(work, env, "warm-up")
+        if args.cache_distributions:
+            env["LABELSPACE_BENCH_CACHE_DISTRIBUTIONS"] = "1"
         wall, timers, log = run(work, env, "timed")
     report(wall, timers, *import_seconds(log), load, args)
 
@@ -163,6 +168,8 @@ def report(wall: float, timers: dict, import_total: float, imports: dict[str, fl
     work_seconds = sum(seconds.get(name, 0.0) for name in WORK)
     overhead = wall - work_seconds
 
+    if process.get("what_if"):
+        print(f"what-if: {process['what_if']}")
     print(f"`labelspace run --no-cache`: {wall:.1f} s wall (timed run{', after a warm-up run' if args.warm_up else ''}; "
           f"{process['command_cpu'] + process.get('cpu_before_instrument', 0):.1f} s CPU)")
     width = max(len(r[0]) for r in rows)

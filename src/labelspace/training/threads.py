@@ -6,7 +6,7 @@ rest: on 2 cores, EfficientNet-Lite0 training at 64 px ran at 200 images/s with 
 with 1 on an idle machine, but 8-13 with 2 threads and 60-70 with 1 under a load of 8.
 `cpu_threads()` picks the count once per process: $LABELSPACE_TORCH_THREADS when set, the caller's
 own `torch.set_num_threads` when it made one, else as many threads as there are cores free right
-now (a 0.2 s probe). The count changes the order of floating-point sums, so it is recorded with
+now (the idle share of each core over 0.3 s, from /proc/stat). The count changes the order of floating-point sums, so it is recorded with
 every training run (`TrainResult.threads`); a run is bit-for-bit repeatable at the same count.
 """
 
@@ -16,7 +16,6 @@ import contextlib
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Iterator
 
@@ -29,30 +28,37 @@ _TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice at import
 _chosen_threads: int | None = None
 
 
-def _free_cores(cores: int, seconds: float = 0.2) -> float:
-    """How many cores this process gets right now: `cores` threads each run single-threaded matrix
-    products for `seconds`; the CPU time they got over the wall time (2.0 on an idle 2-core machine,
-    about 1.3 with one other busy job, less under more load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # each probe thread computes on itself
-    cpu = [0.0] * cores
-    a = torch.ones(192, 192)
+def _cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]] | None:
+    """(idle, total) jiffies of each CPU in `cpus`, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    times = {}
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            values = [int(v) for v in fields[:8]]
+            times[int(name[3:])] = (values[3] + values[4], sum(values))  # idle + iowait, all
+    return times or None
 
-    def spin(i: int) -> None:
-        start, deadline = time.thread_time(), time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            torch.mm(a, a)  # releases the GIL
-        cpu[i] = time.thread_time() - start
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=spin, args=(i,), daemon=True) for i in range(cores)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    torch.set_num_threads(previous)
-    return sum(cpu) / max(wall, 1e-9)
+def _free_cores(cpus: set[int], seconds: float = 0.3) -> float:
+    """How many of `cpus` other processes leave idle right now: the idle share of each over `seconds`
+    (this process sleeps meanwhile), summed; 2.0 on an idle 2-core machine, about 1 while another job
+    keeps one core busy, near 0 under a load of 8. Without /proc/stat: cores less the 1-min load."""
+    before = _cpu_times(cpus)
+    if before is None:
+        return max(0.0, len(cpus) - os.getloadavg()[0])
+    time.sleep(seconds)
+    after = _cpu_times(cpus) or {}
+    free = 0.0
+    for cpu, (idle, total) in after.items():
+        idle0, total0 = before.get(cpu, (idle, total))
+        if total > total0:
+            free += (idle - idle0) / (total - total0)
+    return free
 
 
 def choose_threads() -> int:
@@ -72,9 +78,10 @@ def choose_threads() -> int:
     if current != _TORCH_DEFAULT_THREADS or os.environ.get("OMP_NUM_THREADS"):
         return current  # the caller (or $OMP_NUM_THREADS) decided
     if _chosen_threads is None:
-        cores = min(current, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else current)
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        cores = min(current, len(cpus))
         # Rounded down unless nearly whole: one thread too many costs several-fold, one too few under 2x.
-        _chosen_threads = max(1, min(cores, math.floor(_free_cores(cores) + 0.25))) if cores > 1 else 1
+        _chosen_threads = max(1, min(cores, math.floor(_free_cores(cpus) + 0.25))) if cores > 1 else 1
         log.info("torch threads: %d of %d (cores free now; set $%s to choose)", _chosen_threads, cores, THREADS_ENV)
     return _chosen_threads
 
