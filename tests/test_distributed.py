@@ -114,3 +114,31 @@ def test_devices_and_nodes_are_checked(project_config, recipe, tiny_dataset):
     with pytest.raises(TypeError, match="`validate` must pickle"):
         train_model(*parts, images, np.zeros((len(manifest), len(concepts)), np.float32), np.arange(8),
                     np.zeros((len(concepts), 8), np.float32), validate=lambda model, epoch: {})
+
+
+def test_the_job_holds_images_by_reference(tiny_dataset, tmp_path, monkeypatch):
+    """Memory-mapped arrays and shards travel to the ranks as paths; large in-memory arrays as .npy files."""
+    import io
+
+    from labelspace.data.shards import ShardedImages, write_shards
+    from labelspace.training import distributed
+
+    root, manifest, _, images = tiny_dataset
+    write_shards([root / p for p in manifest["path"][:10]], 16, tmp_path / "shards", shard_size=4, source_hash="x",
+                 progress=False)
+    shards = ShardedImages(tmp_path / "shards")
+    monkeypatch.setattr(distributed, "INLINE_ARRAY_BYTES", 1000)
+    big = np.arange(5000, dtype=np.float32)
+    job = {"images": images, "shards": shards, "big": big, "small": np.ones(3), "again": big}
+    buffer = io.BytesIO()
+    distributed.JobPickler(buffer, tmp_path).dump(job)
+    assert len(buffer.getvalue()) < 2000  # no pixels and no big array inside
+    assert [p.name for p in tmp_path.glob("array-*.npy")] == ["array-0.npy"]  # saved once
+    buffer.seek(0)
+    back = distributed.JobUnpickler(buffer).load()
+    assert isinstance(back["images"], np.memmap) and np.array_equal(back["images"], images)
+    assert isinstance(back["shards"], ShardedImages) and np.array_equal(back["shards"][[1, 9]], shards[[1, 9]])
+    assert isinstance(back["big"], np.memmap) and np.array_equal(back["big"], big)
+    assert back["small"].tolist() == [1.0, 1.0, 1.0]
+    # A view of part of a mapped file is no whole file: its rows are pickled, not the path.
+    assert not distributed._whole_npy(images[:5])
