@@ -47,12 +47,13 @@ from labelspace.training.loop import extract_features, scores_from_features, tra
 
 LR_GRID = (1e-3, 3e-3, 1e-2)
 PAPER = dict(normalize=False, center_words=False, learn_scale=False, variant="paper", margin=1.0,
-             threshold_weight=0.0)
-NORMALIZED = dict(PAPER, normalize=True, margin=0.1)
+             threshold_weight=0.0, unseen_directions="raw", units="absolute")
+NORMALIZED = dict(PAPER, normalize=True, margin=0.1, unseen_directions="absent")
 PAIRWISE = dict(NORMALIZED, variant="pairwise")
 THRESHOLD = dict(PAIRWISE, threshold=0.1, threshold_weight=1.0)
 CENTRED = dict(THRESHOLD, center_words=True)
 CHOSEN = dict(CENTRED, threshold=0.2)
+SPAN = dict(CHOSEN, units="span", margin=0.7, threshold=1.4)  # the same m and tau at r = 7, scaled by 1/r elsewhere
 
 # name -> (what changes, head, overrides, search the learning rate)
 ROWS: dict[str, tuple[str, str, dict, bool]] = {
@@ -65,6 +66,9 @@ ROWS: dict[str, tuple[str, str, dict, bool]] = {
     "threshold": ("+ threshold term, tau=0.1, weight 1", "labelspace", THRESHOLD, False),
     "centred": ("+ words centred on the training labels' mean", "labelspace", CENTRED, True),
     "chosen": ("+ tau=0.2", "labelspace", CHOSEN, True),
+    "span": ("+ m and tau in units of 1/rank of the labels' span (0.7, 1.4)", "labelspace", SPAN, True),
+    "span-no-threshold": ("span, rank term only", "labelspace", dict(SPAN, threshold_weight=0.0), False),
+    "span-tau2": ("span, tau=2.5", "labelspace", dict(SPAN, threshold=2.5), False),
     "paper-rank": ("chosen, eq. 3 rank term instead of pairwise", "labelspace", dict(CHOSEN, variant="paper"), False),
     "no-rank": ("chosen, threshold term only (rank weight 0)", "labelspace", dict(CHOSEN, rank_weight=0.0), False),
     "no-threshold": ("chosen, rank term only (threshold weight 0)", "labelspace",

@@ -110,3 +110,14 @@ def test_a_wrong_orchestrator_or_cron_is_one_clear_error(tmp_path, capsys):
                  "--schedule", "every night"]) == 2
     assert "not a cron expression: 'every night'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_run_gets_the_kubeflow_settings_only_on_a_kubeflow_stack(project_config):
+    from labelspace.pipelines.kubeflow import kubeflow_options, pipeline_graph
+    from labelspace.pipelines.run import orchestrator_options
+
+    assert orchestrator_options(project_config) == {}  # the local orchestrator: nothing to add
+    options = kubeflow_options(pipeline_graph(project_config))
+    gpu_steps = {name for name, step in options["steps"].items() if "orchestrator.kubeflow" in step["settings"]}
+    assert gpu_steps == {"train", "train_baseline"}
+    assert options["settings"]["docker"].parent_image

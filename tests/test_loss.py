@@ -163,3 +163,20 @@ def test_a_float_negative_mask_means_the_same_as_a_boolean_one():
 def test_a_negative_number_of_negatives_is_rejected():
     with pytest.raises(ValueError, match="n_negatives must be >= 0"):
         hinge_rank_loss(torch.zeros(2, 3), torch.ones(2, 3), n_negatives=-1)
+
+
+def test_span_units_divide_margin_and_threshold_by_the_rank_of_the_training_labels():
+    from labelspace.model.networks import LabelSpaceModel
+    from labelspace.training.loss import loss_scale
+
+    model = LabelSpaceModel(backbone="resnet18", k=2, d=6, pretrained=False, freeze_backbone=True, dropout=0.0,
+                            normalize=True, center_words=True, learn_scale=False)
+    W = torch.zeros(4, 6)
+    W[0, 0], W[1, 1], W[2, 2], W[3, 3] = 1.0, 2.0, 3.0, 4.0
+    model.set_word_center(W)  # four labels, centred: a span of rank 3
+    assert loss_scale(model, W, "span") == pytest.approx(1 / 3)
+    assert loss_scale(model, W, "absolute") == 1.0
+    model.normalize = False  # an unbounded D has no span scale: the values stay as given
+    assert loss_scale(model, W, "span") == 1.0
+    with pytest.raises(ValueError, match="span or absolute"):
+        loss_scale(model, W, "relative")

@@ -144,11 +144,14 @@ class LossConfig:
     threshold: float
     threshold_weight: float
     rank_weight: float
+    units: str
 
     def check(self) -> dict[str, str]:
         problems = {}
         if self.variant not in LOSS_VARIANTS:
             problems["variant"] = f"one of {', '.join(LOSS_VARIANTS)}"
+        if self.units not in ("span", "absolute"):
+            problems["units"] = "span (margin and threshold in units of 1/rank of the training labels' span) or absolute"
         if self.n_negatives is not None and self.n_negatives < 1:
             problems["n_negatives"] = "null (every negative) or at least 1"
         for key in ("margin", "threshold_weight", "rank_weight"):

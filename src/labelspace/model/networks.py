@@ -68,7 +68,7 @@ class LabelSpaceModel(nn.Module):
         if unseen_directions == "absent":
             # Set after training by fit_unseen_directions(); until then (while training) D is raw.
             self.register_buffer("label_span", torch.zeros(d, d))
-            self.register_buffer("absent_distance", torch.full((), float("nan")))
+            self.register_buffer("absent_distance", torch.full((), -1.0))  # below 0: not fitted
         if learn_scale:
             self.log_scale = nn.Parameter(torch.zeros(()))  # D is multiplied by exp(log_scale)
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights_path=weights_path)
@@ -126,7 +126,7 @@ class LabelSpaceModel(nn.Module):
 
     @property
     def unseen_fitted(self) -> bool:
-        return self.unseen_directions == "absent" and not bool(torch.isnan(self.absent_distance))
+        return self.unseen_directions == "absent" and bool(self.absent_distance >= 0)
 
     def distances_from_output(self, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """D (B, L) from the head's output A (B, k, d) and raw word vectors W (L, d)."""

@@ -53,6 +53,7 @@ def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | N
         from zenml.config.schedule import Schedule
 
         options["schedule"] = Schedule(name="labelspace-retrain", cron_expression=schedule)
+    options.update(orchestrator_options(config))
     exported = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         run = _run(training_pipeline.with_options(**options), config, dataset_path, vectors_path, versions, held_out,
@@ -66,6 +67,20 @@ def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | N
     if schedule:
         return {}, {}
     return json.loads(Path(report_path).read_text()), _gate_report(run)
+
+
+def orchestrator_options(config: Config) -> dict[str, Any]:
+    """On a Kubeflow stack, the image and per-step resources of the compiled spec (the train steps on a
+    GPU node; labelspace.pipelines.kubeflow); nothing on the local orchestrator."""
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    orchestrators = Client().active_stack_model.components.get(StackComponentType.ORCHESTRATOR) or []
+    if not orchestrators or orchestrators[0].flavor_name != "kubeflow":
+        return {}
+    from labelspace.pipelines.kubeflow import kubeflow_options, pipeline_graph
+
+    return kubeflow_options(pipeline_graph(config))
 
 
 def _run(pipeline, config: Config, dataset_path, vectors_path, versions, held_out, report_path, no_cache):

@@ -33,7 +33,7 @@ from labelspace.config import LossConfig, TrainConfig
 from labelspace.model.networks import LabelSpaceModel
 from labelspace.model.spec import ModelSpec, build_model
 from labelspace.progress import progress, progress_mode
-from labelspace.training.loss import bce_loss, hinge_rank_loss, sample_negatives, threshold_loss
+from labelspace.training.loss import bce_loss, hinge_rank_loss, loss_scale, sample_negatives, threshold_loss
 from labelspace.training.threads import cpu_threads
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,13 @@ def compute_loss(spec: ModelSpec, config: LossConfig, model, outputs, targets, W
     if spec.head == "labelspace":
         distances = model.distances_from_output(outputs.float(), W)
         negatives = sample_negatives(targets, config.n_negatives, generator)
-        rank, skipped = hinge_rank_loss(distances, targets, margin=config.margin, negative_mask=negatives,
+        scale = loss_scale(model, W, config.units)
+        rank, skipped = hinge_rank_loss(distances, targets, margin=config.margin * scale, negative_mask=negatives,
                                         return_skipped=True, variant=config.variant)
         loss = config.rank_weight * rank
         if config.threshold_weight:
             loss = loss + config.threshold_weight * threshold_loss(
-                distances, targets, config.threshold, config.margin, negative_mask=negatives)
+                distances, targets, config.threshold * scale, config.margin * scale, negative_mask=negatives)
         return loss, skipped
     return bce_loss(outputs.float(), targets), 0
 

@@ -9,6 +9,14 @@ Threshold term (optional, `threshold_weight` > 0), per image, on the same negati
   sum_i max(0, D(p_i) - (tau - m/2)) + sum_j max(0, (tau + m/2) - D(n_j)),
 so relevance is also decided by one global distance tau, which makes scores comparable across images
 (mAP, thresholded decisions) where the rank term alone only orders labels within each image.
+
+Units of m and tau (`loss.units`): "absolute" takes them on D as it is (the paper's, and the only
+choice for an unnormalised D). "span" takes them in units of 1/r, r the rank of the training labels'
+prepared vectors: with unit-Frobenius A and unit words, the D of the r orthonormal directions of
+that span sum to at most 1, so 1/r is the mean distance a label can have when A spends its norm
+there. With 8 garment labels (r = 7) m = 0.7 and tau = 1.4 are 0.1 and 0.2 on D; with 64 noisy tags
+spanning all 50 GloVe dimensions the same values are 0.014 and 0.028, where 0.1 and 0.2 would ask
+most negatives to sit above 0.25 while the 50 directions' distances sum to 1.
 """
 
 from __future__ import annotations
@@ -16,6 +24,17 @@ from __future__ import annotations
 import torch
 
 RANK_VARIANTS = ("paper", "pairwise")
+
+
+def loss_scale(model, W: torch.Tensor, units: str) -> float:
+    """What `loss.units` multiplies m and tau by for this model and these training words (module doc)."""
+    if units not in ("span", "absolute"):
+        raise ValueError(f"unknown loss.units {units!r}: use span or absolute")
+    if units == "absolute" or not getattr(model, "normalize", False):
+        return 1.0
+    with torch.no_grad():
+        prepared = model.prepare_words(W.detach().float())
+        return 1.0 / max(1, int(torch.linalg.matrix_rank(prepared.cpu())))
 
 
 def sample_negatives(

@@ -49,7 +49,7 @@ from labelspace.training.loop import (
     seed_everything,
     to_input,
 )
-from labelspace.training.loss import bce_loss, hinge_rank_loss, sample_negatives, threshold_loss
+from labelspace.training.loss import bce_loss, hinge_rank_loss, loss_scale, sample_negatives, threshold_loss
 from labelspace.training.threads import cpu_threads
 
 log = logging.getLogger("labelspace.training.worker")
@@ -76,13 +76,14 @@ def shard_loss(spec, config, model, outputs, y, W, negatives, y_global: torch.Te
     if spec.head != "labelspace":
         return bce_loss(outputs.float(), y) * (weight * len(y) / n_global), 0
     distances = model.distances_from_output(outputs.float(), W)
-    rank_term, skipped = hinge_rank_loss(distances, y, margin=config.margin, negative_mask=negatives,
+    scale = loss_scale(model, W, config.units)
+    rank_term, skipped = hinge_rank_loss(distances, y, margin=config.margin * scale, negative_mask=negatives,
                                          return_skipped=True, variant=config.variant)
     valid_global = int((y_global > 0).any(dim=1).sum())
     loss = config.rank_weight * rank_term * (weight * (len(y) - skipped) / max(valid_global, 1))
     if config.threshold_weight:
         loss = loss + config.threshold_weight * threshold_loss(
-            distances, y, config.threshold, config.margin, negative_mask=negatives) * (weight * len(y) / n_global)
+            distances, y, config.threshold * scale, config.margin * scale, negative_mask=negatives) * (weight * len(y) / n_global)
     return loss, skipped if weight else 0
 
 
