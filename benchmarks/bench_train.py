@@ -58,7 +58,7 @@ from labelspace.data.splits import split_indices, target_matrix
 from labelspace.data.word_vectors import export_glove
 from labelspace.model.networks import LabelSpaceModel
 from labelspace.model.spec import ModelSpec
-from labelspace.training.fit import held_out_labels, training_labels
+from labelspace.training.fit import held_out_for, training_labels
 from labelspace.training.loop import compute_loss, make_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +142,27 @@ def run_bare(work: Path, threads: int) -> dict:
     if proc.returncode != 0:
         sys.exit(f"the bare loop failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_bare_inputs(work: Path, run: dict):
+    """The arrays, labels and split the pipeline's train step used, saved for the bare loop's process;
+    returns (train indices, the images, the ModelSpec)."""
+    work_config = load_config(work / "params.yaml")
+    config = work_config.train
+    manifest = run["manifest"]
+    train_idx = split_indices(manifest, config.val_fraction, config.seed)["train"]
+    images = PreparedData(**run["prepared_data"]).images()
+    if not isinstance(images, np.memmap):
+        sys.exit("the bare loop reads one memory-mapped array: run with ingest.shard_size null")
+    # Labels held out for zero-shot evaluation never train, in the pipeline or here.
+    held_out = held_out_for(work_config.evaluate, run["labels"]).labels
+    labels, vectors = training_labels(run["labels"], run["label_vectors"], held_out)
+    spec = ModelSpec.from_config(work_config.model, head="labelspace", n_labels=len(labels),
+                                 d=vectors.shape[1], image_size=images.shape[1])
+    np.savez(work / "bare_inputs.npz", images_path=str(images.filename),
+             targets=target_matrix(manifest, labels), train_idx=train_idx, vectors=vectors)
+    (work / "bare_spec.json").write_text(json.dumps(spec.to_dict()))
+    return train_idx, images, spec
 
 
 def bare_worker(work: Path, threads: int) -> None:
@@ -269,20 +290,7 @@ def main() -> None:
             run = read_pipeline_run(with_data=spec is None)
             meta = run["train_metadata"]
             if spec is None:
-                manifest = run["manifest"]
-                train_idx = split_indices(manifest, config.val_fraction, config.seed)["train"]
-                data = PreparedData(**run["prepared_data"])
-                images = data.images()
-                if not isinstance(images, np.memmap):
-                    sys.exit("the bare loop reads one memory-mapped array: run with ingest.shard_size null")
-                # Labels held out for zero-shot evaluation never train, in the pipeline or here.
-                held_out = held_out_labels(work_config.evaluate.zero_shot_labels, run["labels"]).labels
-                labels, vectors = training_labels(run["labels"], run["label_vectors"], held_out)
-                spec = ModelSpec.from_config(work_config.model, head="labelspace", n_labels=len(labels),
-                                             d=vectors.shape[1], image_size=images.shape[1])
-                np.savez(work / "bare_inputs.npz", images_path=str(images.filename),
-                         targets=target_matrix(manifest, labels), train_idx=train_idx, vectors=vectors)
-                (work / "bare_spec.json").write_text(json.dumps(spec.to_dict()))
+                train_idx, images, spec = write_bare_inputs(work, run)
             if meta.get("n_train_images", len(train_idx)) != len(train_idx) or meta.get("resumed_from_epoch", 0):
                 sys.exit(f"the pipeline's train step did other work than the bare loop would: {meta}")
             threads = args.threads or int(meta.get("torch_threads") or torch.get_num_threads())

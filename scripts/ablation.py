@@ -41,14 +41,15 @@ from labelspace.evaluation.open_vocabulary import (  # noqa: E402
     open_vocabulary_words,
 )
 from labelspace.evaluation.zero_shot import generalized_zero_shot_metrics, zero_shot_metrics  # noqa: E402
+from labelspace.model.networks import LabelSpaceModel  # noqa: E402
 from labelspace.model.spec import ModelSpec, build_model  # noqa: E402
-from labelspace.training.fit import _fit_unseen_directions, held_out_for, training_labels  # noqa: E402
+from labelspace.training.fit import held_out_for, training_labels  # noqa: E402
 from labelspace.training.loop import extract_features, scores_from_features, train_model  # noqa: E402
 
 LR_GRID = (1e-3, 3e-3, 1e-2)
 PAPER = dict(normalize=False, center_words=False, learn_scale=False, variant="paper", margin=1.0,
-             threshold_weight=0.0, unseen_directions="raw", units="absolute")
-NORMALIZED = dict(PAPER, normalize=True, margin=0.1, unseen_directions="absent")
+             threshold_weight=0.0, open_words="raw", units="absolute")
+NORMALIZED = dict(PAPER, normalize=True, margin=0.1, open_words="absent")
 PAIRWISE = dict(NORMALIZED, variant="pairwise")
 THRESHOLD = dict(PAIRWISE, threshold=0.1, threshold_weight=1.0)
 CENTRED = dict(THRESHOLD, center_words=True)
@@ -186,14 +187,28 @@ def evaluate_val(model, feats, vectors, targets, held_vectors=None, held_targets
     return row
 
 
-def evaluate_both(model, feats, vectors, targets, hv, ht, held_labels, val_idx) -> dict:
-    """Validation figures as the model measures raw words, and (a label space built with
-    unseen_directions absent) with its unseen directions fitted on the same validation split."""
+def evaluate_both(model, feats, vectors, targets, hv, ht, held_labels, val_idx, reference_feats=None) -> dict:
+    """Validation figures with words measured raw, and for a normalised label space in the other
+    `model.open_words` modes on the same weights (labelspace.model.networks): "absent" with δ from
+    the validation negatives, "standardized" with 256 training images as its reference set (so the
+    images it standardises on are never the ones it is scored on)."""
     row = evaluate_val(model, feats, vectors, targets, hv, ht, held_labels, val_idx)
-    if getattr(model, "unseen_directions", "raw") == "absent" and len(targets):
-        _fit_unseen_directions(model, vectors, scores_from_features(model, feats, vectors), targets, "")
-        fitted = evaluate_val(model, feats, vectors, targets, hv, ht, held_labels, val_idx)
-        row.update({f"absent_{k}": v for k, v in fitted.items() if k.startswith(("zs_", "gzsl_", "ov_"))})
+    if not getattr(model, "normalize", False) or not len(targets) or reference_feats is None:
+        return row
+    for mode in ("absent", "standardized"):
+        other = LabelSpaceModel(backbone=model.backbone_name, k=model.k, d=model.d, pretrained=False,
+                                freeze_backbone=True, dropout=0.0, normalize=True, center_words=model.center_words,
+                                learn_scale=model.learn_scale, open_words=mode)
+        other.load_state_dict({k: v for k, v in model.state_dict().items() if k in other.state_dict()}, strict=False)
+        other.eval()
+        with torch.no_grad():
+            if mode == "absent":
+                D = -scores_from_features(other, feats, vectors)
+                other.fit_open_words(torch.as_tensor(vectors), absent_distance=float(np.median(D[~targets.astype(bool)])))
+            else:
+                other.fit_open_words(torch.as_tensor(vectors), reference_outputs=other.from_features(reference_feats))
+        fitted = evaluate_val(other, feats, vectors, targets, hv, ht, held_labels, val_idx)
+        row.update({f"{mode}_{k}": v for k, v in fitted.items()})
     return row
 
 
@@ -215,7 +230,8 @@ def run_row(name, head, overrides, lrs, seeds, base: Config, data, feats, held):
             hv = ht = None
             if head == "labelspace" and held["labels"]:
                 hv, ht = held["vectors"], held["targets"][val_idx]
-            row = evaluate_both(result.model, plain[val_idx], vectors, targets[val_idx], hv, ht, held["labels"], val_idx)
+            row = evaluate_both(result.model, plain[val_idx], vectors, targets[val_idx], hv, ht, held["labels"], val_idx,
+                                plain[train_idx[:256]])
             row["seconds"] = seconds
             per_seed.append(row)
         results[lr] = {k: (float(np.mean([r[k] for r in per_seed])) if not isinstance(per_seed[0][k], str)

@@ -198,10 +198,10 @@ def test_bce_baseline_gives_one_logit_per_label():
         assert torch.allclose(model.from_features(model.features(x)), logits)
 
 
-def test_absent_unseen_directions_keep_training_labels_and_stop_far_words_from_becoming_hubs():
+def test_absent_open_words_keep_training_labels_and_stop_far_words_from_becoming_hubs():
     torch.manual_seed(0)
     model = LabelSpaceModel(backbone="resnet18", k=3, d=6, pretrained=False, freeze_backbone=True, dropout=0.0,
-                            normalize=True, center_words=True, learn_scale=False, unseen_directions="absent").eval()
+                            normalize=True, center_words=True, learn_scale=False, open_words="absent").eval()
     training = torch.zeros(3, 6)
     training[0, 0], training[1, 1], training[2, 2] = 1.0, 2.0, 3.0  # centred, they span three of six directions
     model.set_word_center(training)
@@ -212,8 +212,8 @@ def test_absent_unseen_directions_keep_training_labels_and_stop_far_words_from_b
     far = far + model.word_center  # after centring: wholly outside the span
     assert model.distances_from_output(A, far).max() < raw.max()  # raw, the far word is measured on directions A ignores
 
-    model.fit_unseen_directions(training, absent_distance=0.4)
-    assert model.unseen_fitted
+    model.fit_open_words(training, absent_distance=0.4)
+    assert model.open_words_fitted
     torch.testing.assert_close(model.distances_from_output(A, training), raw, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.distances_from_output(A, far), torch.full((4, 1), 0.4), rtol=1e-6, atol=1e-6)
     # Half in the span, half out: its projection's D on the in-span half, 0.4 on the rest.
@@ -224,6 +224,33 @@ def test_absent_unseen_directions_keep_training_labels_and_stop_far_words_from_b
     torch.testing.assert_close(model.distances_from_output(A, mixed.view(1, -1)), expected, rtol=1e-5, atol=1e-6)
     # It travels with the weights: a rebuilt model measures the same.
     again = LabelSpaceModel(backbone="resnet18", k=3, d=6, pretrained=False, freeze_backbone=True, dropout=0.0,
-                            normalize=True, center_words=True, learn_scale=False, unseen_directions="absent")
+                            normalize=True, center_words=True, learn_scale=False, open_words="absent")
     again.load_state_dict(model.state_dict())
     torch.testing.assert_close(again.eval().distances_from_output(A, far), torch.full((4, 1), 0.4))
+
+
+def test_standardized_open_words_put_other_words_on_the_training_labels_scale():
+    torch.manual_seed(0)
+    kwargs = dict(backbone="resnet18", k=3, d=6, pretrained=False, freeze_backbone=True, dropout=0.0, normalize=True,
+                  center_words=True, learn_scale=False, open_words="standardized")
+    model = LabelSpaceModel(**kwargs).eval()
+    training = torch.randn(4, 6)
+    model.set_word_center(training)
+    A, reference = torch.randn(5, 3, 6), torch.randn(40, 3, 6)
+    raw_train, other = model.distances_from_output(A, training), torch.randn(2, 6)
+    raw_other = model.distances_from_output(A, other)
+    model.fit_open_words(training, reference_outputs=reference)
+    assert model.open_words_fitted and model.reference_A.shape == (40, 3, 6)
+    torch.testing.assert_close(model.distances_from_output(A, training), raw_train)  # training labels untouched
+    ref = label_distances(reference / reference.flatten(1).norm(dim=1).view(-1, 1, 1), model.prepare_words(other))
+    ref_train = label_distances(reference / reference.flatten(1).norm(dim=1).view(-1, 1, 1), model.prepare_words(training))
+    m, s = ref_train.mean(dim=0).mean(), ref_train.std(dim=0).mean()
+    expected = m + s * (raw_other - ref.mean(dim=0)) / ref.std(dim=0)
+    torch.testing.assert_close(model.distances_from_output(A, other), expected, rtol=1e-5, atol=1e-6)
+    # A word near every reference image (a hub, raw) is no nearer than the training labels' typical D.
+    hub = model.word_center + torch.linalg.svd(reference.flatten(0, 1))[2][-1]  # the direction A shrinks most
+    assert model.distances_from_output(reference[:5], hub.view(1, -1)).mean() > raw_train.min() - 1e-6
+    # The reference set travels with the weights, whatever its size.
+    again = LabelSpaceModel(**kwargs)
+    again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again.eval().distances_from_output(A, other), expected, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from labelspace.evaluation.open_vocabulary import chance_hit_at_k, open_vocabulary_metrics, open_vocabulary_words
+from labelspace.evaluation.open_vocabulary import (
+    chance_hit_at_k,
+    open_vocabulary_metrics,
+    open_vocabulary_words,
+)
 
 
 def test_open_words_drop_the_concepts_own_names():

@@ -12,8 +12,14 @@ from PIL import Image
 
 from labelspace import cli
 from labelspace.data.nuswide import read_nuswide_layout
-from labelspace.data.realtags import (PACKAGE_DIRS, build_tag_dataset, choose_concepts, label_statistics,
-                                      read_openmoji, vector_lookup)
+from labelspace.data.realtags import (
+    PACKAGE_DIRS,
+    build_tag_dataset,
+    choose_concepts,
+    label_statistics,
+    read_openmoji,
+    vector_lookup,
+)
 from labelspace.data.word_vectors import save_word_vectors
 
 REPO = Path(__file__).resolve().parents[1]

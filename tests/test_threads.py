@@ -18,8 +18,8 @@ def test_free_cores_reads_the_idle_share_of_each_cpu_and_sees_a_busy_one():
     assert 0.0 <= idle <= len(cpus) + 1e-6
     # A process spinning on one of our CPUs takes most of that CPU's idle share.
     cpu = min(cpus)
-    spin = subprocess.Popen([sys.executable, "-c", "import os, time\nos.sched_setaffinity(0, {%d})\n"
-                             "end = time.time() + 5\nwhile time.time() < end: pass" % cpu])
+    spin = subprocess.Popen([sys.executable, "-c", f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\n"
+                             "end = time.time() + 5\nwhile time.time() < end: pass"])
     try:
         time.sleep(0.3)
         busy = threads._free_cores({cpu}, seconds=0.5)

@@ -14,7 +14,7 @@ from labelspace.training.loss import hinge_rank_loss, threshold_loss
 
 VARIANT_MODEL = {"normalize": True, "center_words": True, "learn_scale": True}
 VARIANT_LOSS = {"variant": "pairwise", "margin": 0.1, "threshold": 0.1, "threshold_weight": 1.0, "units": "absolute"}
-PAPER_MODEL = {"normalize": False, "center_words": False, "learn_scale": False, "unseen_directions": "raw"}
+PAPER_MODEL = {"normalize": False, "center_words": False, "learn_scale": False, "open_words": "raw"}
 PAPER_LOSS = {"variant": "paper", "margin": 1.0, "n_negatives": 40, "threshold_weight": 0.0, "rank_weight": 1.0,
               "units": "absolute"}
 

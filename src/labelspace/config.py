@@ -105,16 +105,16 @@ class ModelConfig:
     normalize: bool
     center_words: bool
     learn_scale: bool
-    unseen_directions: str
+    open_words: str
 
     def check(self) -> dict[str, str]:
         problems = _at_least(self, 1, "k")
         if not 0 <= self.dropout < 1:
             problems["dropout"] = "in [0, 1)"
-        if self.unseen_directions not in UNSEEN_DIRECTIONS:
-            problems["unseen_directions"] = f"one of {', '.join(UNSEEN_DIRECTIONS)}"
-        elif self.unseen_directions == "absent" and not self.normalize:
-            problems["unseen_directions"] = "raw when model.normalize is false (absent needs D on [0, 1])"
+        if self.open_words not in OPEN_WORDS:
+            problems["open_words"] = f"one of {', '.join(OPEN_WORDS)}"
+        elif self.open_words == "absent" and not self.normalize:
+            problems["open_words"] = "raw when model.normalize is false (absent needs D on [0, 1])"
         if self.backbone not in registered_backbones():
             problems["backbone"] = f"one of {', '.join(registered_backbones())}"
         return problems
@@ -132,7 +132,7 @@ def registered_backbones() -> list[str]:
                   and any(isinstance(d, ast.Name) and d.id == "register_backbone" for d in node.decorator_list))
 
 
-UNSEEN_DIRECTIONS = ("raw", "absent")  # labelspace.model.networks: how a word's part off the training labels counts
+OPEN_WORDS = ("raw", "absent", "standardized")  # labelspace.model.networks: how words that are no training label count
 LOSS_VARIANTS = ("paper", "pairwise")
 
 

@@ -180,7 +180,7 @@ class ShardedImages:
         ends = np.concatenate((breaks, [len(rows)])).tolist()
         view = memoryview(out.reshape(-1)).cast("B")
         size = self.row_bytes
-        for j, k, shard, first in zip(starts, ends, shard_of[starts].tolist(), within[starts].tolist()):
+        for j, k, shard, first in zip(starts, ends, shard_of[starts].tolist(), within[starts].tolist(), strict=True):
             fd, offset = self._shard(shard)
             got = os.preadv(fd, [view[j * size:k * size]], offset + first * size)
             if got != (k - j) * size:

@@ -19,7 +19,11 @@ from labelspace.data.splits import split_indices, target_matrix
 from labelspace.evaluation import plots
 from labelspace.evaluation.calibration import calibrated_probabilities
 from labelspace.evaluation.metrics import per_class_f1
-from labelspace.evaluation.open_vocabulary import nearest_words, open_vocabulary_metrics, open_vocabulary_words
+from labelspace.evaluation.open_vocabulary import (
+    nearest_words,
+    open_vocabulary_metrics,
+    open_vocabulary_words,
+)
 from labelspace.evaluation.report import evaluate_scores
 from labelspace.evaluation.zero_shot import generalized_zero_shot_metrics, zero_shot_metrics
 from labelspace.model.bundle import TrainedModel

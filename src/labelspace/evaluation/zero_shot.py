@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from labelspace.evaluation.metrics import _f1, average_precision, mean_average_precision, topk_mask, topk_metrics
+from labelspace.evaluation.metrics import (
+    _f1,
+    average_precision,
+    mean_average_precision,
+    topk_mask,
+    topk_metrics,
+)
 
 MAX_STATES = 5_000_000
 

@@ -10,16 +10,23 @@ paper's D has no fixed scale: a margin only sets how large A grows). `center_wor
 subtracts the mean of the training labels' vectors (a buffer in the state_dict), which removes the
 direction every garment word shares and leaves the directions that tell labels apart.
 
-`unseen_directions="absent"` fixes how words far from every training label are measured. Training
-only ever shows A the span of the training labels' (prepared) vectors; under the unit-Frobenius
-normalisation A puts its whole norm there, so the part of a word outside that span gets almost no
-distance, and the words farthest from every training label (their vectors mostly outside the span)
-come out nearest to every image: hubs. With "absent", D = ||Â P ŵ||^2 + δ ||(I - P) ŵ||^2, where P
-projects onto that span and δ is the median distance of an absent training label on validation
-(`fit_unseen_directions`, after training): the part of a word the model never learnt about counts
-as what a typical absent label measures. A training label lies in the span, so its D is unchanged;
-a word wholly outside it scores δ for every image (a typical absent label, never a hub); a near
-synonym scores between its projection's D and δ, by how much of it lies in the span.
+`open_words` fixes how words that are no training label are measured (open vocabulary, zero-shot).
+Training only ever shows A the training labels, so other words land on distances nobody checked:
+the words nearest to every image, whatever it shows, are hubs of the geometry, not tags.
+- "raw": D as A measures it (the paper).
+- "absent": when the training labels span fewer directions than the words have (8 garments in 50
+  GloVe dimensions), A puts its whole unit norm in that span and the part of a word outside it gets
+  almost no distance. D = ||Â P ŵ||^2 + δ ||(I - P) ŵ||^2 instead, P the projector onto the span and
+  δ the median distance of an absent training label on validation: the part of a word the model
+  never learnt about counts as what a typical absent label measures.
+- "standardized": any word that is no training label is put on the training labels' scale by
+  reference images carried in the model (`reference_A`, the head's output on up to 256 validation
+  images): D' = m + s (D - mu_w) / sigma_w, with mu_w, sigma_w the word's distances over the
+  reference images and m, s the mean of the training labels' own. A word near every image (small
+  mu_w) is no longer nearer than a relevant label: what ranks it is how much nearer this image is
+  than the others. Works whether or not the labels span every direction (64 noisy tags in 50-d do).
+A training label's D is unchanged in every mode. All are fitted after training (`fit_open_words`);
+until then (while training) D is raw.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import torch
 from torch import nn
 
 from labelspace.model.backbones import create_backbone
+
+OPEN_WORDS = ("raw", "absent", "standardized")
 
 
 def label_distances(A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -54,23 +63,28 @@ class LabelSpaceModel(nn.Module):
         normalize: bool,
         center_words: bool,
         learn_scale: bool,
-        unseen_directions: str = "raw",
+        open_words: str = "raw",
     ) -> None:
         super().__init__()
         self.k, self.d = k, d
         self.normalize, self.center_words, self.learn_scale = normalize, center_words, learn_scale
-        if unseen_directions not in ("raw", "absent"):
-            raise ValueError(f"unseen_directions must be raw or absent, got {unseen_directions!r}")
-        self.unseen_directions = unseen_directions
+        if open_words not in OPEN_WORDS:
+            raise ValueError(f"open_words must be one of {', '.join(OPEN_WORDS)}, got {open_words!r}")
+        self.open_words = open_words
         if center_words:
             # Set from the training labels by set_word_center(); saved and restored with the weights.
             self.register_buffer("word_center", torch.zeros(d))
-        if unseen_directions == "absent":
-            # Set after training by fit_unseen_directions(); until then (while training) D is raw.
+        if open_words == "absent":
+            # Set after training by fit_open_words(); until then (while training) D is raw.
             self.register_buffer("label_span", torch.zeros(d, d))
             self.register_buffer("absent_distance", torch.full((), -1.0))  # below 0: not fitted
+        if open_words == "standardized":
+            self.register_buffer("reference_A", torch.zeros(0, k, d))  # (R, k, d), unit Frobenius; R = 0: not fitted
+            self.register_buffer("training_words", torch.zeros(0, d))  # the training labels, prepared
+            self.register_buffer("seen_scale", torch.zeros(2))  # m, s
         if learn_scale:
             self.log_scale = nn.Parameter(torch.zeros(()))  # D is multiplied by exp(log_scale)
+        self.backbone_name = backbone
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights_path=weights_path)
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
@@ -113,31 +127,63 @@ class LabelSpaceModel(nn.Module):
             W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return W
 
-    def fit_unseen_directions(self, training_vectors: torch.Tensor, absent_distance: float) -> None:
-        """P, the projector onto the span of the training labels' prepared vectors, and δ, the distance
-        of a typical absent label (the module docstring); needs unseen_directions="absent"."""
-        if self.unseen_directions != "absent":
-            raise ValueError("fit_unseen_directions needs a model built with unseen_directions='absent'")
-        W = self.prepare_words(torch.as_tensor(training_vectors, dtype=torch.float32).to(self.label_span.device))
-        _, singular, vh = torch.linalg.svd(W.double(), full_matrices=False)
-        basis = vh[: int((singular > singular[0] * 1e-6).sum())]
-        self.label_span.copy_((basis.T @ basis).float())
-        self.absent_distance.fill_(float(absent_distance))
+    def fit_open_words(self, training_vectors: torch.Tensor, absent_distance: float | None = None,
+                       reference_outputs: torch.Tensor | None = None) -> None:
+        """Fit the `open_words` mode (the module docstring) after training: "absent" needs δ,
+        "standardized" the head's outputs A (R, k, d) on reference (validation) images."""
+        W = self.prepare_words(torch.as_tensor(training_vectors, dtype=torch.float32).to(self.head.weight.device))
+        if self.open_words == "absent":
+            _, singular, vh = torch.linalg.svd(W.double(), full_matrices=False)
+            basis = vh[: int((singular > singular[0] * 1e-6).sum())]
+            self.label_span.copy_((basis.T @ basis).float())
+            self.absent_distance.fill_(float(absent_distance))
+        elif self.open_words == "standardized":
+            A = torch.as_tensor(reference_outputs, dtype=torch.float32).to(W.device)
+            self.reference_A = self._unit(A)
+            self.training_words = W
+            mu, sigma = self._reference_stats(W)
+            self.seen_scale = torch.stack([mu.mean(), sigma.mean()])
+        else:
+            raise ValueError("fit_open_words needs a model built with open_words absent or standardized")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The reference set's size is known only once fitted: take the saved one's shape.
+        for name in ("reference_A", "training_words"):
+            if prefix + name in state_dict and name in self._buffers:
+                self._buffers[name] = torch.empty_like(state_dict[prefix + name], device=self._buffers[name].device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
-    def unseen_fitted(self) -> bool:
-        return self.unseen_directions == "absent" and bool(self.absent_distance >= 0)
+    def open_words_fitted(self) -> bool:
+        if self.open_words == "absent":
+            return bool(self.absent_distance >= 0)
+        return self.open_words == "standardized" and self.reference_A.shape[0] > 0
+
+    def _unit(self, A: torch.Tensor) -> torch.Tensor:
+        return A / A.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1) if self.normalize else A
+
+    def _reference_stats(self, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of each prepared word's D over the reference images."""
+        D = label_distances(self.reference_A, W)
+        return D.mean(dim=0), D.std(dim=0).clamp_min(1e-6)
 
     def distances_from_output(self, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """D (B, L) from the head's output A (B, k, d) and raw word vectors W (L, d)."""
-        if self.normalize:
-            A = A / A.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)  # ||A||_F = 1 per image
+        A = self._unit(A)  # ||A||_F = 1 per image when normalize
         W = self.prepare_words(W.to(A.device))
-        if self.unseen_fitted:
+        if not self.open_words_fitted:
+            D = label_distances(A, W)
+        elif self.open_words == "absent":
             inside = W @ self.label_span
             D = label_distances(A, inside) + self.absent_distance * (W - inside).pow(2).sum(dim=1)
         else:
             D = label_distances(A, W)
+            mu, sigma = self._reference_stats(W)
+            m, s = self.seen_scale[0], self.seen_scale[1]
+            # A training label keeps its own D: its prepared vector is one of training_words.
+            unit = torch.nn.functional.normalize
+            seen = (unit(W, dim=1) @ unit(self.training_words, dim=1).T).amax(dim=1) > 1 - 1e-5
+            D = torch.where(seen, D, m + s * (D - mu) / sigma)
         return D * self.log_scale.exp() if self.learn_scale else D
 
     def distances(self, images: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -162,6 +208,7 @@ class BCEBaselineModel(nn.Module):
         dropout: float,
     ) -> None:
         super().__init__()
+        self.backbone_name = backbone
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights_path=weights_path)
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:

@@ -31,7 +31,7 @@ class ModelSpec:
     freeze_backbone: bool
     image_size: int  # side of the square input the model was trained on
     # "raw" or "absent" (labelspace.model.networks); bundles written before it existed are "raw".
-    unseen_directions: str = "raw"
+    open_words: str = "raw"
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -43,7 +43,7 @@ class ModelSpec:
         return cls(head=head, backbone=model.backbone, k=model.k, d=d, n_labels=n_labels, dropout=model.dropout,
                    normalize=model.normalize, center_words=model.center_words, learn_scale=model.learn_scale,
                    freeze_backbone=model.freeze_backbone, image_size=image_size,
-                   unseen_directions=model.unseen_directions)
+                   open_words=model.open_words)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,5 +68,5 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False, weights_path: str 
                   freeze_backbone=spec.freeze_backbone, dropout=spec.dropout)
     if spec.head == "labelspace":
         return LabelSpaceModel(k=spec.k, d=spec.d, normalize=spec.normalize, center_words=spec.center_words,
-                               learn_scale=spec.learn_scale, unseen_directions=spec.unseen_directions, **common)
+                               learn_scale=spec.learn_scale, open_words=spec.open_words, **common)
     return BCEBaselineModel(n_labels=spec.n_labels, **common)

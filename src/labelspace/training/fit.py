@@ -175,9 +175,8 @@ def fit_head(
     except ValueError as e:  # e.g. no validation split: the model still ranks, without a threshold
         note = f"no thresholded decision: {e}"
         log.warning("%s: %s", head, note)
-    if getattr(result.model, "unseen_directions", "raw") == "absent":
-        note = _fit_unseen_directions(result.model, vectors, final_scores if final_scores is not None
-                                      else validate.scores(result.model), val_targets, note)
+    if getattr(result.model, "open_words", "raw") != "raw":
+        note = _fit_open_words(result.model, vectors, validate, final_scores, note)
     seconds = {**result.seconds, "calibration": time.perf_counter() - start}
     trained = TrainedModel(spec=spec, labels=train_labels, label_vectors=vectors,
                            state_dict=result.model.state_dict(), history=result.history,
@@ -187,15 +186,28 @@ def fit_head(
                      threads=result.threads, seconds=seconds, processes=result.processes)
 
 
-def _fit_unseen_directions(model, vectors: np.ndarray, val_scores: np.ndarray | None, val_targets: np.ndarray,
-                           note: str) -> str:
-    """δ of model.unseen_directions "absent": the median D of the absent training labels on validation
-    (scores are -D). Without a validation split D stays raw, and the note says so."""
-    absent = None if val_scores is None or val_targets.size == 0 else -np.asarray(val_scores)[~val_targets.astype(bool)]
-    if absent is None or absent.size == 0:
-        log.warning("labelspace: no validation negatives: words off the training labels' span are measured raw")
-        return (note + "; " if note else "") + "unseen directions raw: no validation split to fit their distance"
-    model.fit_unseen_directions(torch.as_tensor(vectors), float(np.median(absent)))
+REFERENCE_IMAGES = 256  # validation images whose A a "standardized" model carries
+
+
+def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scores: np.ndarray | None,
+                    note: str) -> str:
+    """Fit model.open_words on validation (labelspace.model.networks): "absent" takes δ, the median D
+    of the absent training labels; "standardized" carries the head's A on the first REFERENCE_IMAGES
+    validation images. Without a validation split D stays raw for every word, and the note says so."""
+    targets = validate.val_targets
+    if len(targets) == 0 or (model.open_words == "absent" and targets.all()):
+        log.warning("labelspace: no validation split: words that are no training label are measured raw")
+        return (note + "; " if note else "") + f"open_words {model.open_words} not fitted: no validation split"
+    if model.open_words == "absent":
+        scores = final_scores if final_scores is not None else validate.scores(model)
+        model.fit_open_words(torch.as_tensor(vectors), absent_distance=float(np.median(-scores[~targets.astype(bool)])))
+        return note
+    device = next(model.parameters()).device
+    feats = extract_features(model, validate.images, validate.val_idx[:REFERENCE_IMAGES], device,
+                             validate.batch_size, desc="reference features")
+    model.eval()
+    with torch.no_grad():
+        model.fit_open_words(torch.as_tensor(vectors), reference_outputs=model.from_features(feats.to(device)).float())
     return note
 
 
