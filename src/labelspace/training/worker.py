@@ -40,6 +40,7 @@ from labelspace.training.distributed import KILL_HOOK_ENV, exit_with_parent, rea
 from labelspace.training.loop import (
     _CheckpointWriter,
     _Clock,
+    amp_dtype,
     checkpoint_path,
     checkpoint_state,
     extract_features,
@@ -118,7 +119,7 @@ def train_rank(job: dict, folder: Path, rank: int, world: int, device: torch.dev
     B = config.batch_size
     scheduler = make_scheduler(optimizer, config, max(1, -(-len(train_idx) // B)))
     use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype(device) == torch.float16)
     generator = torch.Generator().manual_seed(config.seed)
     order_rng = np.random.default_rng(config.seed)
     history, start_epoch, ckpt = [], 0, None
@@ -172,7 +173,7 @@ def train_rank(job: dict, folder: Path, rank: int, world: int, device: torch.dev
                 rows, weight = np.arange(1), 0.0
             pos = batch[rows]
             y = y_global[rows].to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=amp_dtype(device), enabled=use_amp):
                 if cached is not None:
                     feats, flipped = cached
                     x = feats[pos]
