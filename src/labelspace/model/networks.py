@@ -167,6 +167,21 @@ class LabelSpaceModel(nn.Module):
         D = label_distances(self.reference_A, W)
         return D.mean(dim=0), D.std(dim=0).clamp_min(1e-6)
 
+    def _cached_reference_stats(self, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_reference_stats`, remembered for the last vocabulary seen (by its content and the reference
+        set): they do not depend on the images, and serving and evaluation rank one vocabulary over
+        many batches, where recomputing them would cost 256 images' distances per batch."""
+        import hashlib
+
+        key = (hashlib.blake2b(W.detach().float().cpu().numpy().tobytes(), digest_size=16).digest(),
+               tuple(W.shape), self.reference_A.data_ptr(), self.reference_A._version, self.reference_A.shape[0])
+        cached = getattr(self, "_stats_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self._reference_stats(W))
+            self._stats_cache = cached
+        return cached[1]
+
     def distances_from_output(self, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         """D (B, L) from the head's output A (B, k, d) and raw word vectors W (L, d)."""
         A = self._unit(A)  # ||A||_F = 1 per image when normalize
@@ -178,7 +193,7 @@ class LabelSpaceModel(nn.Module):
             D = label_distances(A, inside) + self.absent_distance * (W - inside).pow(2).sum(dim=1)
         else:
             D = label_distances(A, W)
-            mu, sigma = self._reference_stats(W)
+            mu, sigma = self._cached_reference_stats(W)
             m, s = self.seen_scale[0], self.seen_scale[1]
             # A training label keeps its own D: its prepared vector is one of training_words.
             unit = torch.nn.functional.normalize
