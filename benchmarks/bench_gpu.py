@@ -39,7 +39,7 @@ import bench_train  # noqa: E402  (the shared work folder, pipeline run and bare
 from labelspace.config import load_config  # noqa: E402
 from labelspace.model.networks import LabelSpaceModel  # noqa: E402
 from labelspace.model.spec import ModelSpec  # noqa: E402
-from labelspace.training.loop import compute_loss, make_scheduler  # noqa: E402
+from labelspace.training.loop import compute_loss, loss_scale, make_scheduler  # noqa: E402
 
 
 class Sampler:
@@ -92,6 +92,7 @@ def bare_gpu(work: Path) -> dict:
     W = torch.as_tensor(saved["vectors"], dtype=torch.float32, device=device)
     if spec.center_words:
         model.set_word_center(W)
+    scale = loss_scale(model, W, config.loss.units)
     y_all = torch.as_tensor(targets, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train.lr, fused=True)
     scheduler = make_scheduler(optimizer, train, steps_per_epoch=-(-len(train_idx) // train.batch_size))
@@ -114,7 +115,7 @@ def bare_gpu(work: Path) -> dict:
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=dtype):
                 outputs = model(x)
-            loss, _ = compute_loss(spec, config.loss, model, outputs, y_all[train_idx[pos]], W, generator)
+            loss, _ = compute_loss(spec, config.loss, model, outputs, y_all[train_idx[pos]], W, generator, scale)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _timing import best_of  # benchmarks/_timing.py (this folder is on sys.path when run as a script)
 
 from labelspace.data.nuswide import read_nuswide_layout
 
@@ -66,15 +66,6 @@ def pandas_read(files: list[Path]) -> int:
     return rows
 
 
-def best_of(repeats: int, fn) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the release's size (default 1)")
@@ -86,8 +77,8 @@ def main() -> None:
         files = write_metadata(root, n_train, n_test)
         manifest, report = read_nuswide_layout(root, verify_images=False)  # warm the page cache, check
         assert report["listed"] == n_train + n_test and report["bad_label_values"] == 1, report
-        ours = best_of(args.repeats, lambda: read_nuswide_layout(root, verify_images=False))
-        baseline = best_of(args.repeats, lambda: pandas_read(files))
+        ours = best_of(lambda: read_nuswide_layout(root, verify_images=False), args.repeats)
+        baseline = best_of(lambda: pandas_read(files), args.repeats)
     print(f"NUS-WIDE metadata: {n_train + n_test:,} images x {len(CONCEPTS)} concepts, {len(files)} files")
     print(f"read_nuswide_layout (verify off): {ours:.2f} s")
     print(f"plain pandas read_csv of the same files: {baseline:.2f} s")

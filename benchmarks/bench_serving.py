@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import requests
 import torch
+from _timing import best_of  # benchmarks/_timing.py (this folder is on sys.path when run as a script)
 
 from labelspace.app import PARAMS_ENV
 from labelspace.config import load_config
@@ -56,17 +57,6 @@ NUSWIDE_LABELS = 925 + 81
 BATCH = 32  # the pyfunc's batch (labelspace.serving.pyfunc.BATCH_SIZE)
 TELEMETRY_OFF = {"ZENML_ANALYTICS_OPT_IN": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                  "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    """Best wall seconds of `repeats` calls after one warm-up (the least disturbed by other jobs)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def build_model(work: Path, config, vectors_path: Path):
@@ -231,7 +221,7 @@ def main() -> None:
 
         with torch.inference_mode():
             A = [network(x) for x in inputs]
-        t_decode_forward, t_forward, t_backbone = best_of(decode_and_forward), best_of(forward), best_of(backbone)
+        t_decode_forward, t_forward, t_backbone = (best_of(fn, warm_up=True) for fn in (decode_and_forward, forward, backbone))
 
         # --- ranking alone, for each vocabulary, on the network's A
         ranking = {}
@@ -244,13 +234,13 @@ def main() -> None:
                     for a in A:
                         torch.topk(network.distances_from_output(a, W), k, dim=1, largest=False)
 
-            ranking[name] = best_of(rank, repeats=5)
+            ranking[name] = best_of(rank, repeats=5, warm_up=True)
 
         # --- predict through the pyfunc
         predict = {}
         for name, vocab in vocabularies.items():
             params = {"top_k": 3, **({"labels": vocab} if vocab else {})}
-            predict[name] = best_of(lambda params=params: loaded.predict(frame, params=params), repeats=2)
+            predict[name] = best_of(lambda params=params: loaded.predict(frame, params=params), repeats=2, warm_up=True)
 
         # --- through mlflow models serve
         latencies, batch_seconds, ready = serve(model_dir, threads, [body([b]) for b in b64[:20]], args.requests,

@@ -59,7 +59,7 @@ from labelspace.data.word_vectors import export_glove
 from labelspace.model.networks import LabelSpaceModel
 from labelspace.model.spec import ModelSpec
 from labelspace.training.fit import held_out_for, training_labels
-from labelspace.training.loop import compute_loss, make_scheduler
+from labelspace.training.loop import compute_loss, loss_scale, make_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = "labelspace_training"
@@ -207,6 +207,7 @@ def bare_training(spec: ModelSpec, loss_config: LossConfig, config: TrainConfig,
     W = torch.as_tensor(label_vectors, dtype=torch.float32)  # (L, d)
     if spec.center_words:
         model.set_word_center(W)
+    scale = loss_scale(model, W, loss_config.units)  # once, as the library's loop does
     y_all = torch.as_tensor(targets, dtype=torch.float32)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                  weight_decay=config.weight_decay, fused=True)  # the library's kernels
@@ -245,7 +246,7 @@ def bare_training(spec: ModelSpec, loss_config: LossConfig, config: TrainConfig,
                 outputs = model.from_features(x)
             else:
                 outputs = model(to_input(images[train_idx[pos]], model, flips[pos]))
-            loss, _ = compute_loss(spec, loss_config, model, outputs, y, W, generator)
+            loss, _ = compute_loss(spec, loss_config, model, outputs, y, W, generator, scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -161,6 +161,7 @@ def per_image_loss(model: torch.nn.Module, spec, loss_config: LossConfig, feats:
                    targets: np.ndarray, label_vectors: np.ndarray | None) -> np.ndarray:
     """(N,): each image's training loss alone, with every negative (no sampling, so it is deterministic)."""
     from labelspace.training.loop import compute_loss
+    from labelspace.training.loss import loss_scale
 
     device = next(model.parameters()).device
     model.eval()
@@ -170,7 +171,8 @@ def per_image_loss(model: torch.nn.Module, spec, loss_config: LossConfig, feats:
     outputs = model.from_features(feats.to(device)).float()
     y = torch.as_tensor(targets, dtype=torch.float32, device=device)
     generator = torch.Generator().manual_seed(0)
-    return np.array([float(compute_loss(spec, config, model, outputs[i : i + 1], y[i : i + 1], W, generator)[0])
+    scale = loss_scale(model, W, config.units) if spec.head == "labelspace" else 1.0
+    return np.array([float(compute_loss(spec, config, model, outputs[i : i + 1], y[i : i + 1], W, generator, scale)[0])
                      for i in range(len(y))])
 
 

@@ -112,11 +112,15 @@ def extract_features(
     return torch.cat(out) if out else torch.zeros(0, model.backbone.num_features)
 
 
-def compute_loss(spec: ModelSpec, config: LossConfig, model, outputs, targets, W, generator) -> tuple[torch.Tensor, int]:
+def compute_loss(spec: ModelSpec, config: LossConfig, model, outputs, targets, W, generator,
+                 scale: float | None = None) -> tuple[torch.Tensor, int]:
+    """The head's loss on a batch and the images it skipped. `scale` is `loss_scale(model, W, config.units)`;
+    a loop over many batches computes it once and passes it (it depends on the words only)."""
     if spec.head == "labelspace":
         distances = model.distances_from_output(outputs.float(), W)
         negatives = sample_negatives(targets, config.n_negatives, generator)
-        scale = loss_scale(model, W, config.units)
+        if scale is None:
+            scale = loss_scale(model, W, config.units)
         rank, skipped = hinge_rank_loss(distances, targets, margin=config.margin * scale, negative_mask=negatives,
                                         return_skipped=True, variant=config.variant)
         loss = config.rank_weight * rank
@@ -297,6 +301,7 @@ def _train(spec, loss_config, config, images, targets, train_idx, label_vectors,
     W = torch.as_tensor(label_vectors, dtype=torch.float32, device=device)
     if spec.head == "labelspace" and spec.center_words:
         model.set_word_center(W)
+    scale = loss_scale(model, W, loss_config.units) if spec.head == "labelspace" else 1.0
     y_all = torch.as_tensor(targets, dtype=torch.float32)
     params = [p for p in model.parameters() if p.requires_grad]
     # Fused: one kernel for every parameter's update instead of a loop over ~200 tensors (2% of a CPU step).
@@ -362,7 +367,7 @@ def _train(spec, loss_config, config, images, targets, train_idx, label_vectors,
                     outputs = model.from_features(x.to(device))
                 else:
                     outputs = model(to_input(images[train_idx[pos]], model, device, mirror_flags[pos]))
-                loss, n_skipped = compute_loss(spec, loss_config, model, outputs, y, W, generator)
+                loss, n_skipped = compute_loss(spec, loss_config, model, outputs, y, W, generator, scale)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -69,7 +69,7 @@ class _Net(torch.nn.Module):
         return self.model.from_features(x) if from_features else self.model(x)
 
 
-def shard_loss(spec, config, model, outputs, y, W, negatives, y_global: torch.Tensor, weight: float):
+def shard_loss(spec, config, model, outputs, y, W, negatives, y_global: torch.Tensor, weight: float, scale: float):
     """This rank's part of the global batch's loss (`compute_loss` of labelspace.training.loop, each
     term scaled by this rank's share of what it averages over), and its skipped images. Summed over
     the ranks it is the loss one process computes on the whole batch."""
@@ -77,7 +77,6 @@ def shard_loss(spec, config, model, outputs, y, W, negatives, y_global: torch.Te
     if spec.head != "labelspace":
         return bce_loss(outputs.float(), y) * (weight * len(y) / n_global), 0
     distances = model.distances_from_output(outputs.float(), W)
-    scale = loss_scale(model, W, config.units)
     rank_term, skipped = hinge_rank_loss(distances, y, margin=config.margin * scale, negative_mask=negatives,
                                          return_skipped=True, variant=config.variant)
     valid_global = int((y_global > 0).any(dim=1).sum())
@@ -111,6 +110,7 @@ def train_rank(job: dict, folder: Path, rank: int, world: int, device: torch.dev
     W = torch.as_tensor(label_vectors, dtype=torch.float32, device=device)
     if spec.head == "labelspace" and spec.center_words:
         model.set_word_center(W)
+    scale = loss_scale(model, W, loss_config.units) if spec.head == "labelspace" else 1.0
     if device.type == "cuda" and not spec.freeze_backbone:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, global batch statistics
     y_all = torch.as_tensor(job["targets"], dtype=torch.float32)
@@ -185,7 +185,7 @@ def train_rank(job: dict, folder: Path, rank: int, world: int, device: torch.dev
                                   from_features=False)
                 loss, n_skipped = shard_loss(spec, loss_config, model, outputs, y, W,
                                              None if negatives is None else negatives[rows].to(device),
-                                             y_global, weight)
+                                             y_global, weight, scale)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss * world).backward()  # DDP averages over the ranks: the sum of the shares
             scaler.step(optimizer)
