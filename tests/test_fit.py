@@ -8,7 +8,13 @@ import pytest
 
 from labelspace.data.splits import split_indices
 from labelspace.evaluation.evaluate import evaluate_models, write_report
-from labelspace.training.fit import checkpoint_data_key, fit_head, held_out_labels, training_labels
+from labelspace.training.fit import (
+    checkpoint_data_key,
+    fit_head,
+    held_out_for,
+    held_out_labels,
+    training_labels,
+)
 
 MODEL = {"k": 4, "freeze_backbone": True}
 TRAIN = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "val_fraction": 0.25}
@@ -119,3 +125,13 @@ def test_auto_holds_out_a_seeded_share_that_does_not_depend_on_concept_order():
     assert held_out_labels("auto", concepts[:2]).labels == []
     with pytest.raises(ValueError, match="use auto or a list"):
         held_out_labels("all", concepts)
+
+
+def test_a_label_set_with_its_own_unseen_labels_holds_out_exactly_those(project_config):
+    concepts = [f"concept{i}" for i in range(81)]
+    held = held_out_for(project_config.evaluate, concepts, unseen=concepts)
+    assert held.labels == concepts and held.not_concepts == [] and "own 81 unseen" in held.rule
+    listed = project_config.replace(evaluate={"zero_shot_labels": ["concept0"]}).evaluate
+    with pytest.raises(ValueError, match="must be auto with a label set that has its own unseen labels"):
+        held_out_for(listed, concepts, unseen=concepts)
+    assert held_out_for(listed, concepts).labels == ["concept0"]  # without unseen labels, the list as it is

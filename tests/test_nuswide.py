@@ -211,3 +211,44 @@ def test_the_default_label_set_is_the_concepts(release, tmp_path):
     ingest(release, tmp_path / "m.parquet")
     assert read_label_sets(tmp_path / "m.parquet") == {"name": "concepts", "seen": ["lake", "sky", "person"],
                                                        "unseen": []}
+
+
+def _with_tags(release):
+    _write(release / "NUS_WID_Tags/TagList1k.txt", "\n".join(TAG_LIST) + "\n")
+    _write(release / "NUS_WID_Tags/Train_Tags1k.dat", _tag_rows(TRAIN_TAGS))
+    _write(release / "NUS_WID_Tags/Test_Tags1k.dat", _tag_rows(TEST_TAGS))
+    return release
+
+
+def test_the_data_cache_keeps_each_label_set_of_one_data_version_apart(release, tmp_path):
+    from labelspace.data.prepared import PreparedData
+
+    _with_tags(release)
+    common = dict(dataset=str(release), version="v1", image_size=16, cache_dir=str(tmp_path))
+    concepts, zsl = PreparedData(**common), PreparedData(**common, labels="nuswide-zsl")
+    assert concepts.folder != zsl.folder
+    zsl.ensure()
+    concepts.ensure()  # the concepts' cache next to it: neither overwrites the other
+    assert zsl.manifest()[1] == ["boat", "dog", "water", "lake", "sky", "person"]
+    assert zsl.manifest()[0]["labels"].tolist() == ZSL_LABELS and zsl.unseen_labels() == ["lake", "sky", "person"]
+    assert concepts.manifest()[1] == ["lake", "sky", "person"] and concepts.unseen_labels() == []
+    assert np.array_equal(np.asarray(zsl.images()), np.asarray(concepts.images()))  # the same images, in order
+
+
+def test_cli_ingest_reads_the_label_set_asked_for(release, tmp_path, capsys):
+    _with_tags(release)
+    out = tmp_path / "zsl.parquet"
+    assert cli.main(["ingest", "--root", str(release), "--out", str(out), "--labels", "nuswide-zsl"]) == 0
+    assert "6 concepts" in capsys.readouterr().out
+    assert read_label_sets(out)["unseen"] == ["lake", "sky", "person"]
+
+
+def test_a_project_folder_inside_an_untracked_dataset_does_not_change_its_fingerprint(release):
+    from labelspace.data.versions import fingerprint_path
+
+    before = fingerprint_path(release)
+    _write(release / "zsl/params.yaml", "ingest: {}\n")
+    _write(release / "zsl/mlflow/mlflow.db", b"a run")  # what a run with that project root writes
+    assert fingerprint_path(release) == before
+    _write(release / "Flickr/lake/0010_110.jpg", _jpeg(10))  # new data does change it
+    assert fingerprint_path(release) != before

@@ -145,6 +145,10 @@ def test_the_datasets_params_files_are_valid_configs():
     config = load_config(REPO / "datasets" / "openmoji" / "params.yaml")
     assert config.resolve(config.ingest.dataset) == REPO / "datasets" / "openmoji" / "data"
     assert config.resolve(config.vectors.path) == REPO / "data" / "vectors" / "glove-6b-50d.bin"
+    zsl = load_config(REPO / "datasets" / "nuswide" / "zsl" / "params.yaml")  # NUS-WIDE's zero-shot protocol
+    assert zsl.resolve(zsl.ingest.dataset) == REPO / "datasets" / "nuswide" and zsl.ingest.labels == "nuswide-zsl"
+    assert zsl.resolve(zsl.vectors.path) == config.resolve(config.vectors.path)
+    assert zsl.resolve(zsl.ingest.cache_dir) == REPO / "data" / "cache" and zsl.evaluate.zero_shot_labels == "auto"
 
 
 @pytest.mark.slow

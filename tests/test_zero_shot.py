@@ -140,3 +140,19 @@ def test_gzsl_counts_only_the_held_out_labels_and_reports_how_often_they_are_cro
     assert result["ratio"]["mAP"] == pytest.approx(result["mAP"] / result["chance"]["mAP"])
     with pytest.raises(ValueError, match="no test image holds"):
         generalized_zero_shot_metrics(scores, np.array([[1, 0, 0]] * 4), labels, ["c"], (1,))
+
+
+def test_zero_shot_top_k_beyond_one_only_where_k_is_below_the_label_count():
+    rng = np.random.default_rng(0)
+    targets = (rng.random((30, 6)) < 0.3).astype(int)
+    targets[targets.sum(axis=1) == 0, 0] = 1
+    scores = rng.random((30, 6))
+    result = zero_shot_metrics(scores, targets, list("abcdef"), k=1, more_ks=(3, 5, 6, 9))
+    assert {key for key in result if key.startswith("top")} == {"top1", "top3", "top5"}  # 6 and 9: not below 6
+    for k in (1, 3, 5):
+        assert result[f"top{k}"] == topk_metrics(scores, targets, k)
+        assert result["chance"][f"top{k}"] == chance_topk_metrics(targets, k)
+        assert result["ratio"][f"top{k}_O-F1"] == pytest.approx(result[f"top{k}"]["O-F1"]
+                                                               / result["chance"][f"top{k}"]["O-F1"])
+    assert zero_shot_metrics(scores, targets, list("abcdef")).keys() == {
+        "labels", "n_images", "positives_per_label", "top1", "mAP", "chance", "ratio"}

@@ -80,17 +80,24 @@ class EmbeddingConfig:
         return {}
 
 
+LABEL_SETS = ("concepts", "nuswide-zsl")  # labelspace.data.nuswide: which labels a dataset in the layout gives
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     dataset: str
     image_size: int
     cache_dir: str
     shard_size: int | None
+    labels: str  # the label set read from the dataset (labelspace.data.nuswide.LABEL_SETS)
 
     def check(self) -> dict[str, str]:
         problems = _at_least(self, 8, "image_size")
         if self.shard_size is not None and self.shard_size < 1:
             problems["shard_size"] = "null (one array) or at least 1 image per shard"
+        if self.labels not in LABEL_SETS:
+            problems["labels"] = (f"one of {', '.join(LABEL_SETS)} (concepts: the dataset's concepts; nuswide-zsl: "
+                                  "NUS-WIDE's zero-shot split, docs/nuswide.md)")
         return problems
 
 

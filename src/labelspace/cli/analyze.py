@@ -58,7 +58,7 @@ def run_cli(args: argparse.Namespace) -> int:
     version = dataset_version(dataset, config.root)
     data = PreparedData(dataset=str(dataset), version=version, image_size=model.spec.image_size,
                         cache_dir=str(config.resolve(config.ingest.cache_dir)),
-                        shard_size=getattr(config.ingest, "shard_size", None))  # the pipeline's own cache
+                        shard_size=config.ingest.shard_size, labels=config.ingest.labels)  # the pipeline's own cache
     data.ensure()
     manifest, concepts = data.manifest()
     images = data.images()
@@ -91,7 +91,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     budget = args.budget or config.analyze.budget
     if config.analyze.sweep_k and not args.no_sweep:
-        held = held_out_for(config.evaluate, concepts)
+        held = held_out_for(config.evaluate, concepts, unseen=data.unseen_labels())
         labels, vectors = training_labels(concepts, resolved.matrix, held.labels)
         sweep_started = time.perf_counter()
         rows, note = k_sweep(list(config.analyze.sweep_k), budget, config.analyze, config.model, config.loss,

@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from labelspace.config import LABEL_SETS
+
 CONCEPTS_FILE = Path("ConceptsList") / "Concepts81.txt"
 LABELS_DIR = Path("Groundtruth") / "TrainTestLabels"
 SPLITS = (("train", "TrainImagelist.txt", "Train"), ("test", "TestImagelist.txt", "Test"))
 CONCEPTS_METADATA_KEY = b"labelspace.concepts"
 LABEL_SETS_METADATA_KEY = b"labelspace.label_sets"
 TAGS_DIR = Path("NUS_WID_Tags")
-LABEL_SETS = ("concepts", "nuswide-zsl")
 
 
 def _text_lines(path: Path) -> list[str]:

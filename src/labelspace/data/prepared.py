@@ -1,7 +1,8 @@
 """A dataset prepared for training: its manifest and its decoded images, cached by data version.
 
 `data/cache/<data version>/` holds the manifest (`labelspace ingest`) and the images decoded once at
-one size (`labelspace preprocess`). This is the one owner of that cache: it is content-addressed by
+one size (`labelspace preprocess`); another label set of the same data (`ingest.labels`, e.g.
+NUS-WIDE's zero-shot split) has a folder of its own, `<data version>-<label set>/`. This is the one owner of that cache: it is content-addressed by
 the data version and the image size, built on first use, and rebuilt whenever a piece is missing, so
 a step that ZenML took from its cache never hands on a path to files that are gone.
 """
@@ -28,10 +29,12 @@ class PreparedData:
     image_size: int
     cache_dir: str
     shard_size: int | None = None  # ingest.shard_size: decoded into shards of this many images, else one array
+    labels: str = "concepts"  # ingest.labels: the label set the manifest reads (labelspace.data.nuswide)
 
     @property
     def folder(self) -> Path:
-        return Path(self.cache_dir) / self.version.replace("/", "_")
+        suffix = "" if self.labels == "concepts" else f"-{self.labels}"
+        return Path(self.cache_dir) / (self.version.replace("/", "_") + suffix)
 
     @property
     def manifest_path(self) -> Path:
@@ -48,7 +51,7 @@ class PreparedData:
     def ensure(self) -> dict[str, Any]:
         """Ingest and decode what is not cached yet; returns the ingest report."""
         if not self.manifest_path.is_file() or not report_path(self.manifest_path).is_file():
-            ingest(self.dataset, self.manifest_path)
+            ingest(self.dataset, self.manifest_path, labels=self.labels)
         if self.shard_size:
             self._ensure_shards()
         else:
@@ -60,6 +63,14 @@ class PreparedData:
         if not self.manifest_path.is_file():
             self.ensure()
         return read_manifest(self.manifest_path)
+
+    def unseen_labels(self) -> list[str]:
+        """The label set's own unseen labels (NUS-WIDE's zero-shot split: the concepts), else []."""
+        from labelspace.data.nuswide import read_label_sets
+
+        if not self.manifest_path.is_file():
+            self.ensure()
+        return list(read_label_sets(self.manifest_path)["unseen"])
 
     def images(self) -> np.ndarray | ShardedImages:
         """(N, S, S, 3) uint8, memory-mapped, in manifest row order (one array, or its shards)."""

@@ -127,12 +127,25 @@ def data_version(path: str | os.PathLike, repo_root: str | os.PathLike = ".", ve
     )
 
 
+def _data_files(path: Path) -> list[Path]:
+    """The files under `path`, less those of a project folder nested in it (a sub-folder with its own
+    params.yaml, e.g. datasets/nuswide/zsl/: its runs write MLflow, ZenML and reports there)."""
+    files = []
+    for folder, subfolders, names in os.walk(path):
+        if Path(folder) != path and "params.yaml" in names:
+            subfolders[:] = []
+            continue
+        files.extend(Path(folder) / name for name in names if os.path.isfile(os.path.join(folder, name)))
+    return sorted(files)
+
+
 def fingerprint_path(path: Path) -> str:
-    """Hash of the names, sizes and modification times of every file under `path` (or of one file)."""
+    """Hash of the names, sizes and modification times of every file under `path` (or of one file);
+    a project folder nested in it is not data (`_data_files`)."""
     import hashlib
 
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else _data_files(path)
     for f in files:
         st = f.stat()
         h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

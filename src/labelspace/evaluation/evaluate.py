@@ -58,7 +58,9 @@ def evaluate_models(
     f1_bars: dict[str, np.ndarray] = {}
     reliability: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     labelspace_model = models["labelspace"]
-    zero_shot_labels = [label for label in held_out.labels if label not in labelspace_model.labels]
+    # Held out and embedded: a held-out label without a word vector cannot be ranked (counted below).
+    zero_shot_labels = [label for label in held_out.labels if label not in labelspace_model.labels and label in labels]
+    no_vector = [label for label in held_out.labels if label not in labels]
     report["zero_shot"] = {"labels": [], "note": "no label held out: evaluate.zero_shot_labels names no "
                                                  "concept of this dataset"}
     for name in HEADS:
@@ -81,6 +83,8 @@ def evaluate_models(
                 nearest, labels, target_matrix(manifest.iloc[test_idx], labels), words, zero_shot_labels, (1, 5))
     if held_out.not_concepts:
         report["zero_shot"]["not_concepts"] = list(held_out.not_concepts)
+    if no_vector:
+        report["zero_shot"]["no_vector"] = no_vector
     report["data"] = {"n_test_images": int(len(test_idx)),
                       "n_test_images_without_labels": report["labelspace"][f"top{ks[0]}"]["n_images_without_labels"],
                       "evaluated_labels": list(labelspace_model.labels), "held_out_labels": zero_shot_labels}
@@ -96,14 +100,14 @@ def evaluate_models(
 
 def _zero_shot(model, feats, test_rows: pd.DataFrame, labels: list[str], label_vectors: np.ndarray,
                held_out: list[str], device, ks: tuple[int, ...]) -> dict[str, Any]:
-    """ZSL (the held-out labels ranked alone, top-1) and, under "gzsl", GZSL (every concept ranked
+    """ZSL (the held-out labels ranked alone: top-1, and top-k for each k below their number) and, under "gzsl", GZSL (every concept ranked
     together; the held-out labels' top-k and mAP), each beside exact chance."""
     scores = scores_from_features(model, feats, label_vectors, device)
     targets = target_matrix(test_rows, labels)
     rows = [labels.index(label) for label in held_out]
     if not targets[:, rows].any():
         return {"labels": held_out, "n_images": 0, "note": "no test image holds a held-out label: nothing to rank"}
-    result = {"model": "labelspace", **zero_shot_metrics(scores[:, rows], targets[:, rows], held_out, k=1)}
+    result = {"model": "labelspace", **zero_shot_metrics(scores[:, rows], targets[:, rows], held_out, k=1, more_ks=ks)}
     result["gzsl"] = generalized_zero_shot_metrics(scores, targets, labels, held_out, ks)
     return result
 

@@ -70,13 +70,15 @@ def metrics_table(report: dict[str, Any], models: tuple[str, ...] = ("labelspace
                      "the validation-chosen threshold)")
     zero_shot = report.get("zero_shot", {})
     if zero_shot.get("labels") and "top1" in zero_shot:
-        chance, top1 = zero_shot["chance"], zero_shot["top1"]
-        lines.append(f"\nzero-shot, held-out {', '.join(zero_shot['labels'])} ranked alone on the "
+        chance, held = zero_shot["chance"], zero_shot["labels"]
+        named = ", ".join(held) if len(held) <= 12 else f"{len(held)} labels ({', '.join(held[:8])}, ...)"
+        lines.append(f"\nzero-shot, held-out {named} ranked alone on the "
                      f"{zero_shot['n_images']} test images holding one:")
-        for key in ("O-F1", "C-F1"):
-            c = chance["top1"][key]
-            lines.append(f"  {key}@1 {100 * top1[key]:5.1f}  chance {'n/a' if c is None else f'{100 * c:5.1f}'}"
-                         + (f"  ({top1[key] / c:.2f}x)" if c else ""))
+        for top in sorted((key for key in zero_shot if key.startswith("top")), key=lambda key: int(key[3:])):
+            for key in ("O-F1", "C-F1"):
+                value, c = zero_shot[top][key], chance[top][key]
+                lines.append(f"  {key}@{top[3:]} {100 * value:5.1f}  chance {'n/a' if c is None else f'{100 * c:5.1f}'}"
+                             + (f"  ({value / c:.2f}x)" if c else ""))
         lines.append(f"  mAP    {100 * zero_shot['mAP']:5.1f}  chance {100 * chance['mAP']:5.1f}  "
                      f"({zero_shot['mAP'] / chance['mAP']:.2f}x)")
     gzsl = zero_shot.get("gzsl")

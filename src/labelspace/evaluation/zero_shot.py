@@ -21,6 +21,7 @@ images too). It is computed exactly, never simulated:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from itertools import combinations
 from typing import Any
 
@@ -128,11 +129,13 @@ def chance_topk_metrics(targets: Any, k: int, max_states: int = MAX_STATES) -> d
     }
 
 
-def zero_shot_metrics(scores: Any, targets: Any, labels: list[str], k: int = 1) -> dict[str, Any]:
+def zero_shot_metrics(scores: Any, targets: Any, labels: list[str], k: int = 1,
+                      more_ks: Sequence[int] = ()) -> dict[str, Any]:
     """Top-k metrics and mAP of ranking only the held-out `labels`, beside their exact chance figures.
 
     scores and targets: (N, len(labels)) for the evaluated images; rows without any held-out
-    positive are left out (and counted). `ratio` divides each figure by its chance.
+    positive are left out (and counted). `ratio` divides each figure by its chance. `more_ks`: other
+    top-k figures, each where k is below the number of labels (NUS-WIDE's 81 unseen: F1@3, F1@5).
     """
     s, t = np.asarray(scores, dtype=np.float64), np.asarray(targets)
     if s.shape != t.shape or s.shape[1] != len(labels):
@@ -151,9 +154,13 @@ def zero_shot_metrics(scores: Any, targets: Any, labels: list[str], k: int = 1) 
         "mAP": mean_average_precision(s, t),
         "chance": {f"top{k}": chance_top, "mAP": chance_mean_average_precision(t)},
     }
-    result["ratio"] = {
-        f"top{k}_{key}": (top[key] / chance_top[key] if chance_top[key] else None) for key in ("O-F1", "C-F1")
-    }
+    result["ratio"] = {}
+    for kk in dict.fromkeys([k, *(kk for kk in more_ks if kk < len(labels))]):
+        if kk != k:
+            result[f"top{kk}"], result["chance"][f"top{kk}"] = topk_metrics(s, t, kk), chance_topk_metrics(t, kk)
+        top, chance_top = result[f"top{kk}"], result["chance"][f"top{kk}"]
+        result["ratio"].update({f"top{kk}_{key}": (top[key] / chance_top[key] if chance_top[key] else None)
+                                for key in ("O-F1", "C-F1")})
     result["ratio"]["mAP"] = result["mAP"] / result["chance"]["mAP"]
     return result
 

@@ -19,7 +19,7 @@ from typing import Any
 
 TOLERANCE = 1e-9  # metrics are fractions of counts: equal values must not fail by rounding
 _RATES = r"(C-P|C-R|C-F1|O-P|O-R|O-F1)"
-_METRIC = re.compile(rf"^(labelspace\.(top\d+\.{_RATES}|mAP|threshold\.{_RATES})|zero_shot\.(top1\.{_RATES}|mAP))$")
+_METRIC = re.compile(rf"^(labelspace\.(top\d+\.{_RATES}|mAP|threshold\.{_RATES})|zero_shot\.(top\d+\.{_RATES}|mAP))$")
 
 
 def metric_name_problem(name: str | None) -> str:
@@ -27,7 +27,7 @@ def metric_name_problem(name: str | None) -> str:
     if isinstance(name, str) and _METRIC.match(name):
         return ""
     return (f"{name!r} is not a metric of reports/metrics.json; use labelspace.topK.<C-P|C-R|C-F1|O-P|O-R|O-F1>, "
-            "labelspace.mAP, labelspace.threshold.<...>, zero_shot.top1.<...> or zero_shot.mAP")
+            "labelspace.mAP, labelspace.threshold.<...>, zero_shot.topK.<...> or zero_shot.mAP")
 
 
 def metric_values(report: dict[str, Any]) -> dict[str, float]:

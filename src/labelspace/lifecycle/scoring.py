@@ -67,7 +67,8 @@ def score_label_space(model: TrainedModel, manifest: pd.DataFrame, images: np.nd
         zs_scores = scores_from_features(network, feats, concept_vectors[rows], dev)
         zs_targets = target_matrix(manifest.iloc[test_idx], zero_shot)
         if zs_targets.any():
-            report["zero_shot"] = {"model": "labelspace", **zero_shot_metrics(zs_scores, zs_targets, zero_shot, k=1)}
+            report["zero_shot"] = {"model": "labelspace", **zero_shot_metrics(zs_scores, zs_targets, zero_shot, k=1,
+                                                                            more_ks=top_k)}
     if reference_labels is not None and set(model.labels) != set(reference_labels):
         notes.append(f"its {len(model.labels)} trained labels differ from the challenger's {len(reference_labels)}")
     return Scored(report, "; ".join(notes) or None)

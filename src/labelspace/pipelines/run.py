@@ -38,7 +38,9 @@ def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | N
     print(f"dataset {dataset_path} @ {versions['dataset']}\nvectors {vectors_path} @ {versions['vectors']}")
     from labelspace.data.nuswide import read_concepts
 
-    held_out = held_out_for(config.evaluate, read_concepts(dataset_path))
+    concepts = read_concepts(dataset_path)
+    # NUS-WIDE's zero-shot split: its unseen labels are the concepts themselves (the seen ones are tags).
+    held_out = held_out_for(config.evaluate, concepts, unseen=concepts if config.ingest.labels == "nuswide-zsl" else ())
     print(f"zero-shot labels ({held_out.rule}): {', '.join(held_out.labels) or 'none'}")
 
     tracking_uri = configure_mlflow(root)
@@ -87,7 +89,7 @@ def _run(pipeline, config: Config, dataset_path, vectors_path, versions, held_ou
     root = config.root
     return pipeline(
         dataset=str(dataset_path), dataset_version=versions["dataset"], image_size=config.ingest.image_size,
-        shard_size=config.ingest.shard_size,
+        shard_size=config.ingest.shard_size, labels_read=config.ingest.labels,
         cache_dir=str(config.resolve(config.ingest.cache_dir)), vectors_path=str(vectors_path),
         vectors_version=versions["vectors"], vectors=config.vectors, embedding=config.embedding, model=config.model,
         loss=config.loss, train_config=config.train, evaluate_config=config.evaluate,

@@ -36,6 +36,7 @@ def training_pipeline(
     dataset_version: str,
     image_size: int,
     shard_size: int | None,
+    labels_read: str,
     cache_dir: str,
     vectors_path: str,
     vectors_version: str,
@@ -59,7 +60,7 @@ def training_pipeline(
     """Sections come from params.yaml (labelspace.config), `params` is the whole file (logged with the
     run); paths are absolute; versions are DVC hashes."""
     manifest, concepts, _, data = ingest(dataset=dataset, dataset_version=dataset_version, image_size=image_size,
-                                         shard_size=shard_size, cache_dir=cache_dir)
+                                         shard_size=shard_size, cache_dir=cache_dir, labels=labels_read)
     labels, label_vectors, _ = embed_labels(concepts=concepts, vectors=vectors, vectors_path=vectors_path,
                                             vectors_version=vectors_version, embedding=embedding)
     common = dict(manifest=manifest, labels=labels, label_vectors=label_vectors, prepared_data=data, model=model,

@@ -63,8 +63,17 @@ def held_out_labels(wanted: Sequence[str] | str, concepts: Sequence[str], *, fra
                    not_concepts=[label for label in wanted if label not in present])
 
 
-def held_out_for(evaluate, concepts: Sequence[str]) -> HeldOut:
-    """`held_out_labels` with an `EvaluateConfig`'s list or rule, share and seed."""
+def held_out_for(evaluate, concepts: Sequence[str], unseen: Sequence[str] = ()) -> HeldOut:
+    """`held_out_labels` with an `EvaluateConfig`'s list or rule, share and seed. `unseen`: the label
+    set's own unseen labels (ingest.labels nuswide-zsl: NUS-WIDE's 81 concepts), held out as the
+    protocol defines them; `auto` is then the only rule (a list would train on some of them)."""
+    if unseen:
+        if evaluate.zero_shot_labels != "auto":
+            raise ValueError("evaluate.zero_shot_labels must be auto with a label set that has its own unseen labels "
+                             f"(ingest.labels nuswide-zsl: the {len(unseen)} concepts are unseen by the protocol); "
+                             f"got {evaluate.zero_shot_labels!r}")
+        return HeldOut(labels=list(unseen), not_concepts=[],
+                       rule=f"the label set's own {len(unseen)} unseen labels")
     return held_out_labels(evaluate.zero_shot_labels, concepts, fraction=evaluate.zero_shot_fraction,
                            seed=evaluate.zero_shot_seed)
 
