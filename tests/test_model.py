@@ -9,8 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
+from labelspace.model import networks
 from labelspace.model.backbones import IMAGENET_MEAN, create_backbone, file_sha256, list_backbones
-from labelspace.model.networks import BCEBaselineModel, LabelSpaceModel, label_distances
+from labelspace.model.networks import BCEBaselineModel, LabelSpaceModel, Vocabulary, label_distances
 
 PLAIN = dict(dropout=0.0, normalize=False, center_words=False, learn_scale=False)  # the paper's model
 
@@ -254,3 +255,109 @@ def test_standardized_open_words_put_other_words_on_the_training_labels_scale():
     again = LabelSpaceModel(**kwargs)
     again.load_state_dict(model.state_dict())
     torch.testing.assert_close(again.eval().distances_from_output(A, other), expected, rtol=1e-5, atol=1e-6)
+
+
+def _fitted(open_words: str, seed: int = 0) -> tuple[LabelSpaceModel, torch.Tensor]:
+    """A small fitted label-space model in `open_words` mode and its four training labels' vectors."""
+    torch.manual_seed(seed)
+    model = LabelSpaceModel(backbone="resnet18", k=3, d=6, pretrained=False, freeze_backbone=True, dropout=0.0,
+                            normalize=True, center_words=True, learn_scale=False, open_words=open_words).eval()
+    training = torch.randn(4, 6)
+    model.set_word_center(training)
+    if open_words == "absent":
+        model.fit_open_words(training, absent_distance=0.4)
+    else:
+        model.fit_open_words(training, reference_outputs=torch.randn(40, 3, 6))
+    return model, training
+
+
+def _expected_distances(model: LabelSpaceModel, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """D of a fitted model by the formulas of the module docstring, nothing remembered."""
+    A = A / A.flatten(1).norm(dim=1).view(-1, 1, 1)
+    W = model.prepare_words(W)
+    if model.open_words == "absent":
+        inside = W @ model.label_span
+        return (A @ inside.T).pow(2).sum(dim=1) + model.absent_distance * (W - inside).pow(2).sum(dim=1)
+    D = (A @ W.T).pow(2).sum(dim=1)
+    reference = (model.reference_A @ W.T).pow(2).sum(dim=1)
+    mu, sigma = reference.mean(dim=0), reference.std(dim=0).clamp_min(1e-6)
+    m, s = model.seen_scale
+    seen = (torch.nn.functional.normalize(W, dim=1) @ torch.nn.functional.normalize(model.training_words, dim=1).T
+            ).amax(dim=1) > 1 - 1e-5
+    return torch.where(seen, D, m + s * (D - mu) / sigma)
+
+
+def test_blocked_label_distances_are_the_batched_matmul():
+    A = torch.randn(5, 3, 6)
+    for L in (1, 7, networks.WORD_BLOCK, networks.WORD_BLOCK + 3, 3 * networks.WORD_BLOCK - 1):
+        W = torch.randn(L, 6)
+        with torch.no_grad():
+            blocked = label_distances(A, W)
+        assert blocked.shape == (5, L)
+        torch.testing.assert_close(blocked, (A @ W.T).pow(2).sum(dim=1), rtol=1e-6, atol=0)
+    A.requires_grad_(True)
+    label_distances(A, torch.randn(9, 6)).sum().backward()  # with a gradient: the batched matmul
+    assert A.grad is not None and A.grad.shape == A.shape
+
+
+@pytest.mark.parametrize("open_words", ["absent", "standardized"])
+def test_a_vocabulary_measures_as_the_raw_vectors_in_any_order(open_words):
+    model, training = _fitted(open_words)
+    A = torch.randn(5, 3, 6)
+    W = torch.cat([training[[2, 0]], torch.randn(6, 6)])  # two training labels, six other words
+    expected = _expected_distances(model, A, W)
+    with torch.no_grad():
+        vocabulary = model.vocabulary(W)
+        torch.testing.assert_close(model.distances_from_output(A, vocabulary), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.distances_from_output(A, W), expected, rtol=1e-5, atol=1e-6)
+        # rows gathered from a vocabulary are those words, with their own statistics, in the new order
+        order = torch.tensor([7, 0, 3, 1])
+        torch.testing.assert_close(model.distances_from_output(A, vocabulary.rows(order)), expected[:, order])
+        joined = Vocabulary.cat([vocabulary.rows(torch.tensor([4, 5])), model.vocabulary(W[[1]])])
+        torch.testing.assert_close(model.distances_from_output(A, joined), expected[:, [4, 5, 1]], rtol=1e-5,
+                                   atol=1e-6)
+        if open_words == "standardized":
+            assert vocabulary.seen.tolist() == [True, True] + [False] * 6
+
+
+def test_remembered_words_are_never_stale():
+    """Raw vectors are remembered from one call to the next only while they are the same values and
+    the model the same weights: another vocabulary, one changed in place, a refit or other weights
+    are measured afresh."""
+    model, training = _fitted("standardized")
+    A = torch.randn(5, 3, 6)
+    first, second = torch.randn(6, 6), torch.randn(6, 6)
+    with torch.no_grad():
+        for W in (first, second, first, first[[3, 1, 0]], first):
+            torch.testing.assert_close(model.distances_from_output(A, W), _expected_distances(model, A, W),
+                                       rtol=1e-5, atol=1e-6)
+        first[0] += 1.0  # the caller's tensor, changed in place after the last call
+        torch.testing.assert_close(model.distances_from_output(A, first), _expected_distances(model, A, first),
+                                   rtol=1e-5, atol=1e-6)
+        made = model.vocabulary(second)
+        model.fit_open_words(training, reference_outputs=torch.randn(30, 3, 6))  # other reference images
+        expected = _expected_distances(model, A, second)
+        torch.testing.assert_close(model.distances_from_output(A, second), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.distances_from_output(A, made), expected, rtol=1e-5, atol=1e-6)
+        other, _ = _fitted("standardized", seed=1)
+        model.load_state_dict(other.state_dict())  # other weights copied in place
+        expected = _expected_distances(model, A, second)
+        torch.testing.assert_close(model.distances_from_output(A, second), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.distances_from_output(A, made), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_remembered_words_do_not_stop_the_gradient():
+    """A vocabulary remembered under inference mode, then a training step: the gradient reaches the
+    head and the word vectors as it did without any memory."""
+    model, training = _fitted("standardized")
+    A = torch.randn(5, 3, 6)
+    with torch.inference_mode():
+        model.distances_from_output(A, training)
+        made = model.vocabulary(training)
+    A.requires_grad_(True)
+    W = training.clone().requires_grad_(True)
+    model.distances_from_output(A, W).sum().backward()
+    assert A.grad is not None and W.grad is not None and W.grad.abs().sum() > 0
+    A.grad = None
+    model.distances_from_output(A, made).sum().backward()  # made under inference mode: rebuilt
+    assert A.grad is not None

@@ -359,3 +359,97 @@ def test_the_rest_guard_answers_without_echo_or_traceback(served, caplog):
                                                                  "server's log has the details")
     assert "Traceback" in caplog.text and "unexpected error while scoring" in caplog.text  # in the log, not the answer
     assert "Traceback" not in error.value.serialize_as_json()
+
+
+# ---------------------------------------------------------------- remembered vocabularies
+
+
+@pytest.fixture(scope="module")
+def standardized(served):
+    """A served model with standardized open words (the default mode) and a calibration: every word
+    that is no training label is measured against its statistics over the bundled reference outputs."""
+    matrix = torch.from_numpy(served.vectors.matrix)
+    bundle, model = labelspace_bundle(LABELS, served.vectors.matrix, seed=2, calibration=PASS_ALL, normalize=True,
+                                      center_words=True, open_words="standardized")
+    model.set_word_center(matrix)
+    with torch.no_grad():
+        features = torch.rand(48, model.backbone.num_features, generator=torch.Generator().manual_seed(3))
+        model.fit_open_words(matrix, reference_outputs=model.from_features(features))
+    bundle.state_dict = model.state_dict()
+    with mlflow.start_run(experiment_id=ensure_experiment("serving-test")):
+        info = log_labelspace_model(bundle, open_vocabulary=(list(served.kv.index_to_key), served.kv.vectors),
+                                    input_example_image=served.jpeg)
+    local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(served.tmp / "standardized"))
+    return SimpleNamespace(model=model, local=local)
+
+
+def expected_ranking(served, model, words: list[str]) -> dict[str, float]:
+    """Each word's D on the served image, from the trained network and the words' vectors under the
+    training policy, nothing remembered between calls."""
+    from labelspace.data.word_vectors import resolve_label
+
+    W = torch.from_numpy(np.stack([resolve_label(served.kv, w)[0] for w in words]).astype(np.float32))
+    with torch.no_grad():
+        D = model.distances_from_output(model(model_input(served)), model.vocabulary(W))[0]
+    return dict(zip(words, D.tolist(), strict=True))
+
+
+def ranked(pyfunc, served, words: list[str]) -> tuple[dict[str, float], pd.Series]:
+    out = pyfunc.predict(served.request.iloc[:1], params={"top_k": 100, **({"labels": words} if words else {})})
+    assert len(out["labels"][0]) == len(words or LABELS)
+    return dict(zip(out["labels"][0], out["distances"][0], strict=True)), out.iloc[0]
+
+
+def test_each_vocabulary_is_ranked_as_requested_whatever_came_before(served, standardized):
+    """Vocabularies are resolved and prepared once and remembered by their words: another vocabulary,
+    the same words in another order, one with an unknown word in between, words resolved by the policy
+    and a calibration removed afterwards each get the distances and decisions of a fresh computation."""
+    pyfunc = mlflow.pyfunc.load_model(standardized.local)
+    first = ["jacket", "dress", "shoe", "hat", "coat"]
+    second = ["car", "Shirt", "bag", "house"]
+    mixed = ["bag dress", "Shirt", "jacket"]  # a mean of words, a training label by case, an open word
+    seen: dict[str, float] = {}
+    for words in (first, second, first, first[::-1], ["dress", "zzqxv"], first[1:3], [], mixed, mixed[::-1], second):
+        if "zzqxv" in words:
+            for _ in range(2):  # an unknown word is an error every time, never a remembered vocabulary
+                assert "'zzqxv'" in raised(pyfunc, served.request.iloc[:1], {"labels": words}).message
+            continue
+        distances, row = ranked(pyfunc, served, words)
+        want = expected_ranking(served, standardized.model, words or LABELS)
+        assert sorted(distances) == sorted(want), words
+        np.testing.assert_allclose([distances[w] for w in want], list(want.values()), rtol=1e-5, atol=1e-6)
+        for word, value in distances.items():  # one word, one distance, whatever else was requested
+            assert seen.setdefault(word, value) == pytest.approx(value, rel=1e-6, abs=1e-7), word
+        calibrated = [w for w in (words or LABELS) if w.lower() in LABELS]
+        assert sorted(row["decided"]) == sorted(calibrated), words  # threshold 0: every covered label passes
+        assert list(row["uncalibrated"]) == [w for w in words if w.lower() not in LABELS], words
+    assert len(pyfunc.unwrap_python_model()._requested) == 7  # first, second, first reversed, a slice, [], mixed x2
+    pyfunc.unwrap_python_model().calibration = {}  # after `first` was remembered: nothing is decided any more
+    _, row = ranked(pyfunc, served, first)
+    assert list(row["decided"]) == [] and list(row["uncalibrated"]) == first
+
+
+def test_remembered_vocabularies_are_bounded_and_follow_the_model(served, standardized):
+    from labelspace.serving.pyfunc import VOCABULARIES_KEPT
+
+    pyfunc = mlflow.pyfunc.load_model(standardized.local)
+    served_model = pyfunc.unwrap_python_model()
+    words = served.kv.index_to_key[100 : 100 + VOCABULARIES_KEPT + 3]
+    for i in range(VOCABULARIES_KEPT + 3):
+        ranked(pyfunc, served, [words[i], "dress"])
+    assert len(served_model._requested) == VOCABULARIES_KEPT
+    distances, _ = ranked(pyfunc, served, [words[0], "dress"])  # forgotten, and resolved again
+    want = expected_ranking(served, standardized.model, [words[0], "dress"])
+    np.testing.assert_allclose([distances[w] for w in want], list(want.values()), rtol=1e-5, atol=1e-6)
+    # The network's weights changed after loading (here its reference outputs): the remembered
+    # vocabulary is measured as the network is now, not as it was.
+    import copy
+
+    changed = copy.deepcopy(standardized.model)
+    with torch.no_grad():
+        for network in (changed, served_model.model):
+            network.reference_A[: len(network.reference_A) // 2] = network.reference_A[:1]
+    distances, _ = ranked(pyfunc, served, [words[0], "dress"])
+    want = expected_ranking(served, changed, [words[0], "dress"])
+    np.testing.assert_allclose([distances[w] for w in want], list(want.values()), rtol=1e-5, atol=1e-6)
+    assert distances[words[0]] != pytest.approx(expected_ranking(served, standardized.model, [words[0]])[words[0]])

@@ -143,6 +143,24 @@ def test_open_vocabulary_is_ranked_not_decided_and_repeats_count_once(server):
     assert row["decided"] == ["dress"] and row["uncalibrated"] == ["shoe", "jacket", "hat"]
 
 
+def test_vocabularies_in_a_row_are_each_ranked_as_requested(server):
+    """The server remembers each vocabulary it resolved: another vocabulary, the same words in another
+    order and one with an unknown word in between are each ranked as the model ranks them in process."""
+    first, second = ["jacket", "dress", "shoe", "hat"], ["car", "Shirt", "bag", "house", "coat"]
+    for words in (first, second, first[::-1], ["dress", "zzqxv"], first, second[1:]):
+        status, text = post(server, records(server.image, top_k=len(words), labels=words))
+        if "zzqxv" in words:
+            assert status == 400 and "'zzqxv'" in json.loads(text)["message"]
+            continue
+        assert status == 200, text
+        (row,) = json.loads(text)["predictions"]
+        expected = server.pyfunc.predict(pd.DataFrame({"image": [server.image]}),
+                                         params={"top_k": len(words), "labels": words}).iloc[0]
+        assert row["labels"] == list(expected["labels"]) and sorted(row["labels"]) == sorted(words)
+        np.testing.assert_allclose(row["distances"], expected["distances"], rtol=1e-5)
+        assert row["uncalibrated"] == [w for w in words if w.lower() not in LABELS]
+
+
 def test_files_under_the_image_folder_and_empty_inputs(server):
     by_file, by_bytes = predictions(server, records("garment.jpg", server.image))
     assert by_file["labels"] == by_bytes["labels"]

@@ -27,9 +27,16 @@ the words nearest to every image, whatever it shows, are hubs of the geometry, n
   than the others. Works whether or not the labels span every direction (64 noisy tags in 50-d do).
 A training label's D is unchanged in every mode. All are fitted after training (`fit_open_words`);
 until then (while training) D is raw.
+
+What a mode needs per word (prepared vector, δ's term, mu_w, sigma_w) is made once per vocabulary
+(`LabelSpaceModel.vocabulary`, a `Vocabulary`), so ranking it over many batches costs only the
+k d multiply-adds per image and word; serving makes one for every bundled word at load.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,12 +46,77 @@ from labelspace.model.backbones import create_backbone
 OPEN_WORDS = ("raw", "absent", "standardized")
 
 
+WORD_BLOCK = 2048  # words per block when no gradient is needed: its (B k, block) projection stays in cache
+
+
 def label_distances(A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """D[b, l] = ||A_b w_l||^2 for A (B, k, d) and W (L, d), as one batched matmul -> (B, L)."""
+    """D[b, l] = ||A_b w_l||^2 for A (B, k, d) and W (L, d) -> (B, L): k d multiply-adds per image and word.
+
+    With a gradient to follow, one batched matmul. Without (inference, on the CPU), the words go
+    in blocks of WORD_BLOCK, each squared in place and summed over k while still in cache: the same
+    products and sums, without a (B, k, L) tensor (25 MB for 32 images and 20,000 words) written
+    and read twice."""
     if A.ndim != 3 or W.ndim != 2 or A.shape[2] != W.shape[1]:
         raise ValueError(f"A must be (B, k, d) and W (L, d) with the same d; got {tuple(A.shape)}, {tuple(W.shape)}")
-    projected = A @ W.t().to(A.dtype)  # (B, k, L)
-    return projected.pow(2).sum(dim=1)  # (B, L)
+    Wt = W.t().to(A.dtype)
+    if A.device.type != "cpu" or (torch.is_grad_enabled() and (A.requires_grad or W.requires_grad)):
+        return (A @ Wt).pow(2).sum(dim=1)  # (B, k, L) -> (B, L)
+    B, k, _ = A.shape
+    L = W.shape[0]
+    out = A.new_empty(B, L)
+    for start in range(0, L, WORD_BLOCK):
+        projected = A @ Wt[:, start : start + WORD_BLOCK]  # (B, k, block)
+        torch.sum(projected.square_(), dim=1, out=out[:, start : start + WORD_BLOCK])
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Vocabulary:
+    """Words prepared once for one model (LabelSpaceModel.vocabulary): what `distances_from_output`
+    needs per word besides the distances themselves, so ranking them over many batches costs only
+    the k d L multiply-adds. Valid for the model buffers it was made from (`state`: the tensors and
+    their in-place version counters); a model whose buffers changed since rebuilds it from `raw`."""
+
+    raw: torch.Tensor  # (L, d) the vectors as given
+    words: torch.Tensor  # (L, d) as label_distances takes them: prepared (and, "absent", in the label span)
+    add: torch.Tensor | None = None  # (L,) "absent": δ ||(I - P) ŵ||^2, added to D
+    mu: torch.Tensor | None = None  # (L,) "standardized": the word's D over the reference images ...
+    sigma: torch.Tensor | None = None  # (L,) ... and its standard deviation
+    seen: torch.Tensor | None = None  # (L,) bool "standardized": a training label, whose D is kept
+    state: tuple = ()  # LabelSpaceModel._vocabulary_state
+
+    def __len__(self) -> int:
+        return self.raw.shape[0]
+
+    def rows(self, index: torch.Tensor) -> Vocabulary:
+        """The words at `index` (a 1-d integer tensor), in that order."""
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.index_select(0, index.to(t.device))
+
+        return Vocabulary(take(self.raw), take(self.words), take(self.add), take(self.mu), take(self.sigma),
+                          take(self.seen), self.state)
+
+    @staticmethod
+    def cat(parts: list[Vocabulary]) -> Vocabulary:
+        """One vocabulary of `parts` (made for one model state), in order."""
+        def join(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values)
+
+        return Vocabulary(*(join(f.name) for f in dataclasses.fields(Vocabulary) if f.name != "state"),
+                          state=parts[0].state)
+
+    def holds(self, W: torch.Tensor) -> bool:
+        """Whether W is exactly the vectors this was made from (same shape, type, device, values)."""
+        return (W.shape == self.raw.shape and W.dtype == self.raw.dtype and W.device == self.raw.device
+                and torch.equal(W, self.raw))
+
+
+def _same_state(a: tuple, b: tuple) -> bool:
+    """Two LabelSpaceModel._vocabulary_state: equal options, the same buffer tensors at the same versions."""
+    if not a or not b or a[0] != b[0] or len(a[1]) != len(b[1]):
+        return False
+    return all(x is y and vx == vy for (x, vx), (y, vy) in zip(a[1], b[1], strict=True))
 
 
 class LabelSpaceModel(nn.Module):
@@ -167,44 +239,75 @@ class LabelSpaceModel(nn.Module):
         D = label_distances(self.reference_A, W)
         return D.mean(dim=0), D.std(dim=0).clamp_min(1e-6)
 
-    def _cached_reference_stats(self, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`_reference_stats`, remembered for the last vocabulary seen (by its content and the reference
-        set): they do not depend on the images, and serving and evaluation rank one vocabulary over
-        many batches, where recomputing them would cost 256 images' distances per batch."""
-        import hashlib
+    def _vocabulary_state(self) -> tuple:
+        """What a Vocabulary depends on: the options, and the buffers each with its version counter
+        (bumped by every in-place change, load_state_dict's copy included; a reassigned buffer is
+        another tensor)."""
+        names = ("word_center", "label_span", "absent_distance", "reference_A", "training_words", "seen_scale")
+        buffers = tuple((t, t._version) for t in (self._buffers.get(n) for n in names) if t is not None)
+        return (self.center_words, self.normalize, self.open_words), buffers
 
-        key = (hashlib.blake2b(W.detach().float().cpu().numpy().tobytes(), digest_size=16).digest(),
-               tuple(W.shape), self.reference_A.data_ptr(), self.reference_A._version, self.reference_A.shape[0])
-        cached = getattr(self, "_stats_cache", None)
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, self._reference_stats(W))
-            self._stats_cache = cached
-        return cached[1]
-
-    def distances_from_output(self, A: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-        """D (B, L) from the head's output A (B, k, d) and raw word vectors W (L, d)."""
-        A = self._unit(A)  # ||A||_F = 1 per image when normalize
-        W = self.prepare_words(W.to(A.device))
+    def vocabulary(self, W: torch.Tensor, device: torch.device | None = None) -> Vocabulary:
+        """The words W (L, d) prepared for ranking by this model, in its current state: prepared
+        vectors and, per `open_words`, what each word adds ("absent") or its reference statistics and
+        whether it is a training label ("standardized"). `distances_from_output` takes it in place
+        of W; serving makes it once per vocabulary, or once for every bundled word and gathers rows."""
+        raw = W.to(device if device is not None else self.head.weight.device)
+        W = self.prepare_words(raw)
+        state = self._vocabulary_state()
         if not self.open_words_fitted:
-            D = label_distances(A, W)
-        elif self.open_words == "absent":
+            return Vocabulary(raw, W, state=state)
+        if self.open_words == "absent":
             inside = W @ self.label_span
-            D = label_distances(A, inside) + self.absent_distance * (W - inside).pow(2).sum(dim=1)
-        else:
-            D = label_distances(A, W)
-            mu, sigma = self._cached_reference_stats(W)
-            m, s = self.seen_scale[0], self.seen_scale[1]
-            # A training label keeps its own D: its prepared vector is one of training_words.
+            return Vocabulary(raw, inside, add=self.absent_distance * (W - inside).pow(2).sum(dim=1), state=state)
+        with torch.no_grad():
+            mu, sigma = self._reference_stats(W)
             unit = torch.nn.functional.normalize
             seen = (unit(W, dim=1) @ unit(self.training_words, dim=1).T).amax(dim=1) > 1 - 1e-5
-            D = torch.where(seen, D, m + s * (D - mu) / sigma)
+        return Vocabulary(raw, W, mu=mu, sigma=sigma, seen=seen, state=state)
+
+    def _vocabulary_for(self, W: torch.Tensor | Vocabulary, device: torch.device) -> Vocabulary:
+        """W as a Vocabulary of this model's current state. Raw vectors without a gradient to follow
+        (inference, evaluation) are remembered for the next call: one vocabulary is ranked over many
+        batches, and checking that W is the same one costs one comparison of its values."""
+        if isinstance(W, Vocabulary):
+            if (_same_state(W.state, self._vocabulary_state()) and W.words.device == device
+                    and not (torch.is_grad_enabled() and W.words.is_inference())):
+                return W
+            return self.vocabulary(W.raw, device)  # made for other weights: rebuilt for these
+        if torch.is_grad_enabled():
+            return self.vocabulary(W, device)  # training: the gradient may reach W
+        last = getattr(self, "_last_vocabulary", None)
+        if (last is not None and last.words.device == device and _same_state(last.state, self._vocabulary_state())
+                and last.holds(W)):
+            return last
+        vocabulary = self.vocabulary(W, device)
+        self._last_vocabulary = dataclasses.replace(vocabulary, raw=W.clone())  # W's caller may change it in place
+        return vocabulary
+
+    def distances_from_output(self, A: torch.Tensor, W: torch.Tensor | Vocabulary) -> torch.Tensor:
+        """D (B, L) from the head's output A (B, k, d) and raw word vectors W (L, d), or a Vocabulary
+        made by `vocabulary` (the same D, without preparing the words again)."""
+        A = self._unit(A)  # ||A||_F = 1 per image when normalize
+        words = self._vocabulary_for(W, A.device)
+        D = label_distances(A, words.words)
+        if words.add is not None:
+            D = D + words.add
+        elif words.mu is not None and not bool(words.seen.all()):
+            # D' = m + s (D - mu) / sigma, in place (the same operations in the same order); a training
+            # label keeps its own D: its prepared vector is one of training_words.
+            m, s = self.seen_scale[0], self.seen_scale[1]
+            standardized = D - words.mu
+            standardized.mul_(s).div_(words.sigma).add_(m)
+            if bool(words.seen.any()):
+                standardized = torch.where(words.seen, D, standardized)
+            D = standardized
         return D * self.log_scale.exp() if self.learn_scale else D
 
-    def distances(self, images: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    def distances(self, images: torch.Tensor, W: torch.Tensor | Vocabulary) -> torch.Tensor:
         return self.distances_from_output(self(images), W)  # (B, L)
 
-    def scores(self, images: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    def scores(self, images: torch.Tensor, W: torch.Tensor | Vocabulary) -> torch.Tensor:
         """Ranking scores, higher = more relevant: -D."""
         return -self.distances(images, W)
 

@@ -17,6 +17,11 @@ once, the first occurrence keeps its place). Response: one row per image, `label
 label whose probability passes the threshold chosen on validation, with its `probabilities`; and
 `uncalibrated`, the requested labels the decision does not cover.
 
+Every bundled word is prepared for the network once, at load (model.networks.Vocabulary: centred,
+unit length, and for standardized open words its reference statistics), and the last
+VOCABULARIES_KEPT distinct requested vocabularies are remembered by their words, so a request costs
+the network, the distances (k d multiply-adds per image and word) and the top-k.
+
 The decision is made only where the validation calibration holds: for the training labels (a
 requested word counts as one when its vector is a training label's, e.g. "Dress" for "dress").
 Open-vocabulary words are ranked, never decided: Platt scaling was fitted on the training labels'
@@ -34,6 +39,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -50,6 +57,7 @@ from labelspace.config import ServingConfig
 from labelspace.data.word_vectors import resolve_label
 from labelspace.evaluation.calibration import calibrated_probabilities, label_offsets
 from labelspace.model.bundle import TrainedModel
+from labelspace.model.networks import Vocabulary
 from labelspace.serving.errors import ServingError, guard_scoring_server, in_scoring_server, too_large
 from labelspace.serving.images import IMAGE_COLUMN, decode, image_to_base64, read_image
 from labelspace.serving.limits import READ_FILES_ENV, file_root, serving_limits
@@ -60,6 +68,7 @@ __all__ = ["IMAGE_COLUMN", "OUTPUT_COLUMNS", "READ_FILES_ENV", "LabelSpacePyfunc
            "log_labelspace_model", "model_signature", "parse_params", "write_model_artifacts"]
 
 BATCH_SIZE = 32  # images decoded and run through the network at once
+VOCABULARIES_KEPT = 8  # distinct requested vocabularies remembered, resolved and prepared (at most 20,000 words each)
 
 # Distributions the served model imports, by backbone family; versions are pinned at log time.
 _BASE_REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "tqdm", "pyyaml")
@@ -100,6 +109,14 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
             self.row_of.setdefault(word, row)  # a training label wins over the same open word
         # A requested word whose vector is a training label's gets that label's calibrated decision.
         self.training_vectors = {row.tobytes(): i for i, row in enumerate(self.vectors[: len(self.labels)].cpu().numpy())}
+        self.row_label = np.array([self.training_vectors.get(row.tobytes(), -1) for row in self.vectors.cpu().numpy()],
+                                  dtype=np.int64)  # (V,) the training label each bundled row is, -1: none
+        # Every bundled word prepared once (for standardized open words, its statistics over the
+        # reference images): a request for bundled words gathers rows (model.networks.Vocabulary).
+        with torch.no_grad():
+            self.bundled = self.model.vocabulary(self.vectors)
+        self._requested: OrderedDict[tuple[str, ...], _Requested] = OrderedDict()  # LRU, by the requested words
+        self._requested_lock = threading.Lock()
         if in_scoring_server():
             guard_scoring_server(self.check_request)
 
@@ -111,19 +128,44 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
         parse_params(params, self.limits, strict=True)
         return None if image_values(model_input, self.limits) else empty_result()
 
-    def _vocabulary(self, requested: list[str]) -> tuple[list[str], torch.Tensor, np.ndarray]:
-        """(names, their vectors (L, d), the training label each is (L,) int; -1: none, the calibration
-        does not cover it)."""
+    def vocabulary(self, requested: list[str]) -> _Requested:
+        """The requested words (deduplicated; [] = the training labels) resolved and prepared for
+        ranking: remembered for the last VOCABULARIES_KEPT distinct requests, by the words in their
+        order (a vocabulary with an unknown word raises and is not remembered)."""
+        key = tuple(requested)
+        with self._requested_lock:
+            found = self._requested.get(key)
+            if found is not None:
+                self._requested.move_to_end(key)
+                return found
+        found = self._resolved(requested)
+        with self._requested_lock:
+            self._requested[key] = found
+            while len(self._requested) > VOCABULARIES_KEPT:
+                self._requested.popitem(last=False)
+        return found
+
+    def _resolved(self, requested: list[str]) -> _Requested:
         n = len(self.labels)
         if not requested:
-            return list(self.labels), self.vectors[:n], np.arange(n)
-        vectors, unknown = [], []
-        for word in requested:
-            vector = self._resolve(word)
+            return _Requested.of(list(self.labels), self.bundled.rows(torch.arange(n)), np.arange(n))
+        # A bundled word (exact, or its lower case) is a row of the bundled table; any other goes
+        # through the training policy (the mean of the words of "ankle boot") and is prepared here.
+        rows = [self.row_of.get(word) for word in requested]
+        extra, extra_vectors, unknown = [], [], []
+        for i, row in enumerate(rows):
+            if row is not None:
+                continue
+            word = requested[i]
+            rows[i] = self.row_of.get(word.lower())
+            if rows[i] is not None:
+                continue
+            vector, _ = resolve_label(_BundledVocabulary(self.row_of, self.vectors), word)
             if vector is None:
                 unknown.append(word)
             else:
-                vectors.append(vector)
+                extra.append(i)
+                extra_vectors.append(np.asarray(vector, dtype=np.float32))
         if unknown:
             shown = ", ".join(repr(w if len(w) <= 40 else w[:37] + "...") for w in unknown[:20])
             more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
@@ -132,24 +174,29 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
                 f"{n} training labels and {self.n_open} open-vocabulary words; drop these labels or log the model "
                 "with an open vocabulary that covers them."
             )
-        W = torch.stack(vectors)
-        calibrated = np.array([self.training_vectors.get(row.tobytes(), -1) for row in W.cpu().numpy()])
-        return list(requested), W, calibrated
-
-    def _resolve(self, word: str) -> torch.Tensor | None:
-        """A requested label's vector under the training policy (labelspace.data.word_vectors)."""
-        row = self.row_of.get(word)
-        if row is not None:
-            return self.vectors[row]
-        vector, _ = resolve_label(_BundledVocabulary(self.row_of, self.vectors), word)
-        return None if vector is None else torch.as_tensor(vector, dtype=torch.float32, device=self.device)
+        bundled = [i for i, row in enumerate(rows) if row is not None]
+        index = np.array([rows[i] for i in bundled], dtype=np.int64)
+        words = self.bundled.rows(torch.from_numpy(index))
+        calibrated = np.empty(len(requested), dtype=np.int64)
+        calibrated[bundled] = self.row_label[index]
+        if extra:
+            matrix = np.stack(extra_vectors)
+            calibrated[extra] = [self.training_vectors.get(row.tobytes(), -1) for row in matrix]
+            with torch.no_grad():
+                words = Vocabulary.cat([words, self.model.vocabulary(torch.from_numpy(matrix).to(self.device))])
+            # back in the request's order: the bundled words, then the others, were concatenated
+            order = np.empty(len(requested), dtype=np.int64)
+            order[bundled + extra] = np.arange(len(requested))
+            words = words.rows(torch.from_numpy(order))
+        return _Requested.of(list(requested), words, calibrated)
 
     # --- predict ---------------------------------------------------------------------------------
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         top_k, requested = parse_params(params, self.limits)
         values = image_values(model_input, self.limits)
-        names, W, calibrated = self._vocabulary(requested)  # W (L, d)
+        vocabulary = self.vocabulary(requested)
+        names = vocabulary.names
         if not values:
             return empty_result()
         top_k = min(top_k, len(names))
@@ -160,38 +207,65 @@ class LabelSpacePyfunc(mlflow.pyfunc.PythonModel):
             raise too_large(f"the request's {len(images)} images hold {total} pixels, over the limit of "
                             f"{self.limits.max_request_pixels} per request; send fewer or smaller images")
 
-        decided_over = (calibrated >= 0) if self.calibration else np.zeros(len(calibrated), dtype=bool)
-        uncalibrated = [names[i] for i in np.flatnonzero(~decided_over)]
+        # The decision covers the calibrated labels only (none without a calibration).
+        decide = self._decision(vocabulary)
+        uncalibrated = vocabulary.uncalibrated if self.calibration else names
         out: dict[str, list] = {column: [] for column in OUTPUT_COLUMNS}
         for start in range(0, len(images), BATCH_SIZE):
             arrays = np.stack([decode(image, self.spec.image_size) for image in images[start : start + BATCH_SIZE]])
             x = to_input(arrays, self.model, self.device)  # (B, 3, S, S), normalised as in training
             with torch.inference_mode():
-                D = self.model.distances(x, W).float()  # (B, L)
-            best = torch.topk(D, top_k, dim=1, largest=False, sorted=True)
+                D = self.model.distances(x, vocabulary.words).float()  # (B, L)
+                best = torch.topk(D, top_k, dim=1, largest=False, sorted=True)
+                covered = None if decide is None else D[:, decide[0]].cpu().numpy()
             for idx, dist in zip(best.indices.cpu().tolist(), best.values.cpu().tolist(), strict=True):
                 out["labels"].append([names[i] for i in idx])
-                out["distances"].append([float(v) for v in dist])
-            for labels, probabilities in self._decide(D.cpu().numpy(), names, calibrated):
+                out["distances"].append(dist)
+            for labels, probabilities in self._decide(covered, decide, len(arrays), names):
                 out["decided"].append(labels)
                 out["probabilities"].append(probabilities)
                 out["uncalibrated"].append(list(uncalibrated))
         return pd.DataFrame(out)
 
-    def _decide(self, D: np.ndarray, names: list[str], calibrated: np.ndarray) -> list[tuple[list[str], list[float]]]:
-        """The thresholded decision over the calibrated labels: every one whose probability passes the
-        threshold chosen on validation, most probable first; nothing without a calibration."""
-        columns = np.flatnonzero(calibrated >= 0)
+    def _decision(self, vocabulary: _Requested) -> tuple[torch.Tensor, np.ndarray, np.ndarray] | None:
+        """(the calibrated columns, as a tensor and an array, their offsets); None when nothing is decided."""
+        columns = vocabulary.calibrated_columns
         if not self.calibration or columns.size == 0:
-            return [([], []) for _ in range(len(D))]
-        offsets = label_offsets(self.calibration, calibrated[columns].tolist())
-        p = calibrated_probabilities(-D[:, columns], self.calibration, offsets)  # score = -D
+            return None
+        offsets = label_offsets(self.calibration, vocabulary.calibrated[columns].tolist())
+        return torch.from_numpy(columns).to(self.device), columns, offsets
+
+    def _decide(self, covered: np.ndarray | None, decide, n_images: int,
+                names: list[str]) -> list[tuple[list[str], list[float]]]:
+        """The thresholded decision over the calibrated labels (`covered`: their D, (B, C)): every one
+        whose probability passes the threshold chosen on validation, most probable first; nothing
+        without a calibration."""
+        if decide is None:
+            return [([], []) for _ in range(n_images)]
+        _, columns, offsets = decide
+        p = calibrated_probabilities(-covered, self.calibration, offsets)  # score = -D
         out = []
         for row in p:
             keep = np.flatnonzero(row >= self.calibration["probability_threshold"])
             keep = keep[np.argsort(-row[keep], kind="stable")]
-            out.append(([names[columns[i]] for i in keep], [float(row[i]) for i in keep]))
+            out.append(([names[columns[i]] for i in keep], row[keep].tolist()))
         return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Requested:
+    """A request's vocabulary, resolved and prepared once (LabelSpacePyfunc.vocabulary)."""
+
+    names: list[str]  # (L,) as requested
+    words: Vocabulary  # their vectors as the model measures them
+    calibrated: np.ndarray  # (L,) the training label each is; -1: none, the calibration does not cover it
+    calibrated_columns: np.ndarray  # the positions of those that are one
+    uncalibrated: list[str]  # the names of the others
+
+    @classmethod
+    def of(cls, names: list[str], words: Vocabulary, calibrated: np.ndarray) -> _Requested:
+        columns = np.flatnonzero(calibrated >= 0)
+        return cls(names, words, calibrated, columns, [names[i] for i in np.flatnonzero(calibrated < 0)])
 
 
 class _BundledVocabulary:
