@@ -32,6 +32,9 @@ Limits (params.yaml `serving`, written into the model at log time, overridable p
 time; serving.limits): bytes and pixels per image, pixels, images and labels per request. Every
 request error is a ServingError (serving.errors): 400, or 413 for a limit, with a message that names
 the row or param at fault and holds no traceback, server path or echo of the input.
+
+About 410 lines: loading, request checks, vocabulary resolution with its memory, ranking and the
+calibrated decision are one served model, checked together by tests/test_serving*.py.
 """
 
 from __future__ import annotations
