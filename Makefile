@@ -36,8 +36,11 @@ $(STAMP): pyproject.toml requirements.lock scripts/install_system_packages.sh sc
 lock:
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_venv.sh lock
 
+# Two pytest-xdist workers, one test file each at a time (a file's module fixtures stay in one worker):
+# on 2 cores the end-to-end tests overlap their waits on servers, ZenML and MLflow. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: setup datasets
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m 'not slow'

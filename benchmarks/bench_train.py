@@ -105,7 +105,7 @@ def run_pipeline(work: Path, env: dict[str, str], py_spy: bool) -> tuple[float, 
     log, timers = work / "pipeline.log", work / "instrument.json"
     command = [sys.executable, str(REPO / "benchmarks" / "_instrument.py"), str(timers), "run", "--no-cache"]
     if py_spy:  # sampled Python stacks of the whole run, collapsed: one line per stack with its count
-        command = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "20",
+        command = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "20", "--threads",
                    "--output", str(work / "pipeline.stacks.txt"), "--", *command]
     start = time.perf_counter()
     with open(log, "w") as out:

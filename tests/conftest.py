@@ -19,6 +19,13 @@ for _key, _value in {
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (`make test` runs two workers): a ZenML global configuration of each worker's own,
+# so two workers never share one ZenML store; a test that sets ZENML_CONFIG_PATH itself still wins.
+if os.environ.get("PYTEST_XDIST_WORKER") and "ZENML_CONFIG_PATH" not in os.environ:
+    import tempfile
+
+    os.environ["ZENML_CONFIG_PATH"] = tempfile.mkdtemp(prefix=f"zenml-{os.environ['PYTEST_XDIST_WORKER']}-")
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

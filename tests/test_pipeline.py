@@ -112,16 +112,6 @@ def test_registered_model_ranks_labels_of_a_real_image_in_a_fresh_process(projec
     assert ranked["distances"] == sorted(ranked["distances"])
 
 
-def test_second_run_with_nothing_changed_registers_nothing(project, first_run):
-    root, env = project
-    result = _labelspace(env, "run", cwd=root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    info = _mlflow(env, """
-        print(json.dumps({"n": len(client.search_model_versions("name='labelspace'"))}))
-    """, root)
-    assert info["n"] == 1
-
-
 def _step_statuses(env, cwd) -> dict:
     script = textwrap.dedent("""
         import json
@@ -135,14 +125,23 @@ def _step_statuses(env, cwd) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_rerun_is_cached_and_no_cache_retrains_from_scratch(project, first_run):
-    """ZenML's cache owns step skipping; --no-cache reruns every step and ignores checkpoints."""
+def test_a_rerun_with_nothing_changed_is_cached_and_registers_nothing(project, first_run):
+    """ZenML's cache owns step skipping: the two heads come from it, no new version is registered."""
     root, env = project
     cached = _labelspace(env, "run", cwd=root)
     assert cached.returncode == 0, cached.stderr[-3000:]
     statuses = _step_statuses(env, root)
     assert statuses["train"] == statuses["train_baseline"] == "cached"
     assert statuses["evaluate"] == "completed"  # writes reports/ for DVC on every run
+    info = _mlflow(env, """
+        print(json.dumps({"n": len(client.search_model_versions("name='labelspace'"))}))
+    """, root)
+    assert info["n"] == 1
+
+
+def test_no_cache_retrains_from_scratch(project, first_run):
+    """--no-cache reruns every step and ignores checkpoints."""
+    root, env = project
     forced = _labelspace(env, "run", "--no-cache", cwd=root)
     assert forced.returncode == 0, forced.stderr[-3000:]
     statuses = _step_statuses(env, root)
