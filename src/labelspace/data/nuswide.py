@@ -327,6 +327,12 @@ def summarize(report: dict) -> str:
             f"{len(report['concepts'])} concepts")
 
 
+def unseen_labels(root: str | os.PathLike, labels: str = "concepts") -> list[str]:
+    """The unseen labels a label set defines for the dataset at `root`: the concepts for
+    `nuswide-zsl` (NUS-WIDE's zero-shot protocol), none for `concepts`."""
+    return read_concepts(root) if labels == "nuswide-zsl" else []
+
+
 def read_label_sets(path: str | os.PathLike) -> dict:
     """{name, seen, unseen, ...} of `ingest`'s manifest file: which labels are unseen (zero-shot)."""
     import pyarrow.parquet as pq

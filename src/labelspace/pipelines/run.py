@@ -36,11 +36,10 @@ def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | N
             raise FileNotFoundError(f"{what} {path} does not exist: {fix}")
     versions = {"dataset": dataset_version(dataset_path, root), "vectors": dataset_version(vectors_path, root)}
     print(f"dataset {dataset_path} @ {versions['dataset']}\nvectors {vectors_path} @ {versions['vectors']}")
-    from labelspace.data.nuswide import read_concepts
+    from labelspace.data.nuswide import read_concepts, unseen_labels
 
-    concepts = read_concepts(dataset_path)
-    # NUS-WIDE's zero-shot split: its unseen labels are the concepts themselves (the seen ones are tags).
-    held_out = held_out_for(config.evaluate, concepts, unseen=concepts if config.ingest.labels == "nuswide-zsl" else ())
+    held_out = held_out_for(config.evaluate, read_concepts(dataset_path),
+                            unseen=unseen_labels(dataset_path, config.ingest.labels))
     print(f"zero-shot labels ({held_out.rule}): {', '.join(held_out.labels) or 'none'}")
 
     tracking_uri = configure_mlflow(root)
