@@ -109,6 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fine-tune-rows", default="bce,chosen", help="rows trained end to end")
     p.add_argument("--fine-tune-lrs", default="0.001", help="comma-separated learning rates of those runs")
     p.add_argument("--fine-tune-seeds", type=int, default=1, help="seeds of each end-to-end run")
+    p.add_argument("--fine-tune-first-seed", type=int, default=0,
+                   help="the first of those seeds (another process can run the next ones)")
     p.add_argument("--fine-tune-frozen", action="store_true", help="also frozen runs at the same budget")
     p.add_argument("--cache", default=str(ROOT / "data" / "ablation"))
     p.add_argument("--out", default=str(ROOT / "reports" / "ablation.json"))
@@ -247,7 +249,7 @@ def run_row(name, head, overrides, lrs, seeds, base: Config, data, feats, held):
     return {"lr": best_lr, **results[best_lr], "lr_search": {str(k): v["score"] for k, v in results.items()}}
 
 
-def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, seeds=1):
+def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, seeds=1, first_seed=0):
     """End-to-end training (backbone unfrozen) of table rows at a small epoch budget, one seed each
     (an end-to-end epoch takes tens of seconds on a CPU) unless `seeds` says more, optionally beside
     frozen training at the same budget: validation metrics, zero-shot, and seconds per epoch."""
@@ -256,7 +258,8 @@ def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, see
     out = {}
     for name in rows:
         _, head, overrides, _ = ROWS[name]
-        for lr, frozen, seed in itertools.product(lrs, (True, False) if with_frozen else (False,), range(seeds)):
+        for lr, frozen, seed in itertools.product(lrs, (True, False) if with_frozen else (False,),
+                                                range(first_seed, first_seed + seeds)):
             row_parts = parts(base, head, {**overrides, "lr": lr, "epochs": epochs, "freeze_backbone": frozen,
                                            "seed": seed}, len(labels), vectors.shape[1], images.shape[1])
             start = time.perf_counter()
@@ -267,9 +270,11 @@ def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, see
             hv, ht = (held["vectors"], held["targets"][val_idx]) if head == "labelspace" else (None, None)
             row = evaluate_both(result.model, feats, vectors, targets[val_idx], hv, ht, held["labels"], val_idx)
             row.update(seconds=seconds, seconds_per_epoch=seconds / epochs, epochs=epochs, lr=lr)
-            key = f"{name} {'frozen' if frozen else 'fine-tuned'} {epochs}ep lr={lr:g}" + (f" seed={seed}" if seeds > 1 else "")
+            key = (f"{name} {'frozen' if frozen else 'fine-tuned'} {epochs}ep lr={lr:g}"
+                   + (f" seed={seed}" if seeds > 1 or first_seed else ""))
             out[key] = row
-            print(f"  {key}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()), flush=True)
+            print(f"  {key}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                                           for k, v in row.items()), flush=True)
     return out
 
 
@@ -349,7 +354,8 @@ def main(argv=None) -> int:
         data, held = data_for(label_vectors)
         table["fine_tune"] = fine_tune_rows(args.fine_tune_rows.split(","), args.fine_tune,
                                             [float(lr) for lr in args.fine_tune_lrs.split(",")], base, data, held,
-                                            images, args.fine_tune_frozen, args.fine_tune_seeds)
+                                            images, args.fine_tune_frozen, args.fine_tune_seeds,
+                                            args.fine_tune_first_seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"seeds": args.seeds, "n_train": int(len(splits["train"])),
