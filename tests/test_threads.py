@@ -1,4 +1,5 @@
-"""The torch thread count for a shared CPU: the caller's choice wins, else the cores other jobs leave idle."""
+"""The process a CPU job trains in: the torch thread count for a shared CPU (the caller's choice wins, else
+the cores other jobs leave idle), a steady heap and a quiet garbage collector (labelspace.training.runtime)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,56 @@ def test_the_environment_and_the_caller_decide_before_the_probe(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     if threads.torch.get_num_threads() == threads._TORCH_DEFAULT_THREADS:
         assert threads.choose_threads() == 1  # no core free: one thread, never zero
+
+
+_FAULTS_OF_BIG_BUFFERS = """
+import resource
+import torch
+from labelspace.training.runtime import steady_heap
+print(steady_heap())
+for i in range(20):
+    if i == 10:  # the heap has grown to fit the buffer by now: count the last ten
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buffer = torch.ones(16 << 20)  # 64 MiB, above the 32 MiB glibc's own threshold can climb to
+    del buffer
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults(steady: str) -> tuple[str, int]:
+    env = {**os.environ, "LABELSPACE_STEADY_HEAP": steady}
+    out = subprocess.run([sys.executable, "-c", _FAULTS_OF_BIG_BUFFERS], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_steady_heap_reuses_freed_buffers_instead_of_faulting_them_in_again():
+    applied, steady = _faults("1")
+    off, default = _faults("0")
+    assert (applied, off) == ("True", "False")
+    # glibc's default maps and unmaps each 64 MiB buffer: 16,384 fresh pages, ten times over.
+    assert default > 8 * 16_384
+    assert steady < default / 10, (steady, default)
+
+
+def test_quiet_gc_freezes_what_exists_raises_the_young_threshold_and_restores_both():
+    import gc
+
+    from labelspace.training.runtime import YOUNG_THRESHOLD, quiet_gc
+
+    before = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
+    with quiet_gc():
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+        frozen = gc.get_freeze_count()
+        assert frozen > 1000  # the test process's objects: out of the collector's sight
+        with quiet_gc():  # nested: the outer block's settings stay
+            assert gc.get_freeze_count() == frozen
+        # Cycles made inside the block are still collected.
+        cycle = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0

@@ -212,8 +212,11 @@ def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scor
         model.fit_open_words(torch.as_tensor(vectors), absent_distance=float(np.median(-scores[~targets.astype(bool)])))
         return note
     device = next(model.parameters()).device
-    feats = extract_features(model, validate.images, validate.val_idx[:REFERENCE_IMAGES], device,
-                             validate.batch_size, desc="reference features")
+    if final_scores is not None and validate.features is not None:  # the last epoch's pass: the final weights
+        feats = validate.features[:REFERENCE_IMAGES]
+    else:
+        feats = extract_features(model, validate.images, validate.val_idx[:REFERENCE_IMAGES], device,
+                                 validate.batch_size, desc="reference features")
     model.eval()
     with torch.no_grad():
         model.fit_open_words(torch.as_tensor(vectors), reference_outputs=model.from_features(feats.to(device)).float())

@@ -9,9 +9,10 @@ restarted run with the same fingerprint resumes from it.
 On a CPU, training and feature passes run at `training.threads.cpu_threads()`; the count is
 recorded with every run (`TrainResult.threads`). On a GPU: bfloat16 autocast where supported (else
 float16 with loss scaling), channels_last, cuDNN autotuning, pinned non-blocking copies of the
-uint8 batches, converted and mirrored on the device, and larger inference batches.
+uint8 batches, converted and mirrored on the device, and larger inference batches. On either, the
+process's heap is made steady and its garbage collector quiet (`training.runtime`).
 
-About 420 lines: the one loop both heads and both backbone modes train through, with its resume,
+About 430 lines: the one loop both heads and both backbone modes train through, with its resume,
 checkpoint and device handling, is easier to check in one file than spread over several.
 """
 
@@ -39,6 +40,7 @@ from labelspace.model.networks import LabelSpaceModel
 from labelspace.model.spec import ModelSpec, build_model
 from labelspace.progress import progress, progress_mode
 from labelspace.training.loss import bce_loss, hinge_rank_loss, loss_scale, sample_negatives, threshold_loss
+from labelspace.training.runtime import quiet_gc, steady_heap
 from labelspace.training.threads import cpu_threads
 
 log = logging.getLogger(__name__)
@@ -258,7 +260,8 @@ def train_model(
                                  checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, validate=validate,
                                  features=features)
     device = resolve_device(config.device)
-    with cpu_threads(device) as threads:
+    steady_heap()  # buffers reused from the heap, not faulted in afresh each step (training.runtime)
+    with cpu_threads(device) as threads, quiet_gc():
         result = _train(spec, loss_config, config, images, targets, train_idx, label_vectors, device,
                         pretrained=pretrained, weights_path=weights_path, data_key=data_key, resume=resume,
                         checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, validate=validate, features=features)

@@ -51,6 +51,7 @@ from labelspace.training.loop import (
     to_input,
 )
 from labelspace.training.loss import bce_loss, hinge_rank_loss, loss_scale, sample_negatives, threshold_loss
+from labelspace.training.runtime import quiet_gc, steady_heap
 from labelspace.training.threads import cpu_threads
 
 log = logging.getLogger("labelspace.training.worker")
@@ -246,8 +247,9 @@ def run(folder: str | os.PathLike) -> None:
         torch.cuda.set_device(device)
     # Rank 0 validates alone while the others wait in the next collective: a generous timeout.
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    steady_heap()
     try:
-        with cpu_threads(device) as threads:
+        with cpu_threads(device) as threads, quiet_gc():
             out = train_rank(job, folder, rank, world, device)
         if out is not None:
             out["threads"] = threads
