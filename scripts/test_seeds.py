@@ -30,9 +30,9 @@ from pathlib import Path
 
 import yaml
 
+from labelspace.app import PARAMS_ENV, TELEMETRY_OFF
+
 REPO = Path(__file__).resolve().parents[1]
-TELEMETRY_OFF = {"ZENML_ANALYTICS_OPT_IN": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-                 "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "ZENML_LOGGING_VERBOSITY": "WARN"}
 # The params a `labelspace run` resolves against the project root (labelspace.config.Config.resolve).
 PATH_KEYS = (("sample", "source"), ("sample", "out"), ("vectors", "path"), ("ingest", "dataset"),
              ("ingest", "cache_dir"), ("train", "checkpoint_dir"), ("evaluate", "report"))
@@ -74,7 +74,7 @@ def run_seed(params_path: Path, seed: int, out: Path, threads: int | None) -> di
     if report.is_file():
         return json.loads(report.read_text())
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **TELEMETRY_OFF, "LABELSPACE_PARAMS": str(seed_params(params_path, seed, work)),
+    env = {**os.environ, **TELEMETRY_OFF, "ZENML_LOGGING_VERBOSITY": "WARN", PARAMS_ENV: str(seed_params(params_path, seed, work)),
            "ZENML_CONFIG_PATH": str(work / "zenml"), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
            "LABELSPACE_PROGRESS": "log"}
     if threads:
@@ -117,8 +117,9 @@ def summarize(reports: dict[int, dict]) -> tuple[str, dict]:
     for name, path, _ in FIGURES:
         ls = [_get(reports[s], ("labelspace", *path)) for s in seeds]
         bce = [_get(reports[s], ("bce", *path)) for s in seeds]
-        diffs = [a - b for a, b in zip(ls, bce, strict=True) if a is not None and b is not None]
-        per_seed = ", ".join(f"{100 * a:.1f}/{100 * b:.1f}" for a, b in zip(ls, bce, strict=True) if a is not None and b is not None)
+        pairs = [(a, b) for a, b in zip(ls, bce, strict=True) if a is not None and b is not None]
+        diffs = [a - b for a, b in pairs]
+        per_seed = ", ".join(f"{100 * a:.1f}/{100 * b:.1f}" for a, b in pairs)
         lines.append(f"| {name} | {_cell(ls)} | {_cell(bce)} | {_cell(diffs)} | {per_seed} |")
         numbers[name] = {"labelspace": ls, "bce": bce, "difference": diffs}
     for name, path, chance_path in ZERO_SHOT:

@@ -20,8 +20,8 @@ at about 2 ms each; every tenth goes on to an older generation, and a full pass 
 process: 430,000 objects where ZenML and MLflow are loaded. Measured over the same two
 epochs (640 canvases, one thread): 414 collections taking 0.80 s with the defaults in that process,
 0.21 s inside `quiet_gc()`, which freezes every object that exists when training starts (moved out
-of the collector's sight; nothing is freed or kept longer because of it) and raises the young
-threshold to 10,000 for the loop. The loop's own cycles are still collected, and the previous
+of the collector's sight: a cycle among them that becomes garbage during training is collected
+after it) and raises the young threshold to 10,000 for the loop. The loop's own cycles are still collected, and the previous
 thresholds come back (and the frozen objects are unfrozen) when it ends.
 """
 
