@@ -1,4 +1,4 @@
-from labelspace.cli import main
+from labelspace.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
