@@ -12,6 +12,7 @@ import pytest
 
 PROGRAM = """
 import atexit, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from labelspace.cli import exit_promptly
 out = Path(sys.argv[1])
@@ -19,6 +20,8 @@ def late_writer():
     time.sleep(0.5)
     (out / "thread.txt").write_text("joined")
 threading.Thread(target=late_writer).start()  # not a daemon: an ordinary exit waits for it
+pool = ThreadPoolExecutor(2)  # never shut down: its idle workers stop only when told at exit
+pool.submit(time.sleep, 0.1)
 atexit.register(lambda: (out / "atexit.txt").write_text("ran after " + (out / "thread.txt").read_text()))
 print("buffered, no newline", end="")  # a pipe is block-buffered: only a flush writes this
 print("to stderr", end="", file=sys.stderr)
