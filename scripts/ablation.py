@@ -55,6 +55,7 @@ THRESHOLD = dict(PAIRWISE, threshold=0.1, threshold_weight=1.0)
 CENTRED = dict(THRESHOLD, center_words=True)
 CHOSEN = dict(CENTRED, threshold=0.2)
 SPAN = dict(CHOSEN, units="span", margin=0.7, threshold=1.4)  # the same m and tau at r = 7, scaled by 1/r elsewhere
+SIGMOID = dict(SPAN, variant="sigmoid", margin=0.2, threshold=0.25, threshold_weight=0.0)  # BCE on every label, -D the logit
 
 # name -> (what changes, head, overrides, search the learning rate)
 ROWS: dict[str, tuple[str, str, dict, bool]] = {
@@ -68,6 +69,11 @@ ROWS: dict[str, tuple[str, str, dict, bool]] = {
     "centred": ("+ words centred on the training labels' mean", "labelspace", CENTRED, True),
     "chosen": ("+ tau=0.2", "labelspace", CHOSEN, True),
     "span": ("+ m and tau in units of 1/rank of the labels' span (0.7, 1.4)", "labelspace", SPAN, True),
+    "sigmoid": ("span units, sigmoid loss on every label: logit (tau - D) / m, tau 0.25, m 0.2", "labelspace",
+                SIGMOID, True),
+    "pairwise-sigmoid": ("span, pairwise hinge plus the sigmoid loss (weight 1) for the threshold term, tau 0.25, "
+                         "m 0.2", "labelspace", dict(SPAN, variant="pairwise+sigmoid", threshold=0.25, margin=0.2),
+                         False),
     "span-no-threshold": ("span, rank term only", "labelspace", dict(SPAN, threshold_weight=0.0), False),
     "span-tau2": ("span, tau=2.5", "labelspace", dict(SPAN, threshold=2.5), False),
     "paper-rank": ("chosen, eq. 3 rank term instead of pairwise", "labelspace", dict(CHOSEN, variant="paper"), False),
@@ -104,6 +110,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grid", default="",
                    help="extra rows around `chosen`: every combination of KEY=V1,V2 groups joined by ';', "
                         "e.g. 'threshold=0.2,0.25;k=5,10'")
+    p.add_argument("--grid-base", default="chosen", help="the row whose overrides the --grid rows change")
+    p.add_argument("--grid-lrs", default="", help="comma-separated learning rates of the --grid rows (default: the "
+                                                   "lr the base row picked)")
     p.add_argument("--fine-tune", type=int, default=0, metavar="EPOCHS",
                    help="also train rows end to end (backbone unfrozen) for EPOCHS epochs")
     p.add_argument("--fine-tune-rows", default="bce,chosen", help="rows trained end to end")
@@ -333,11 +342,12 @@ def main(argv=None) -> int:
         groups = [(key, [float(v) if "." in v else int(v) for v in values.split(",")])
                   for key, values in (group.split("=") for group in args.grid.split(";"))]
         data, held = data_for(label_vectors)
-        lr = table.get("chosen", {}).get("lr", base.train.lr)
+        lrs = ([float(lr) for lr in args.grid_lrs.split(",")] if args.grid_lrs
+               else [table.get(args.grid_base, {}).get("lr", base.train.lr)])
         for combo in itertools.product(*[values for _, values in groups]):
-            overrides = dict(CHOSEN, **{key: value for (key, _), value in zip(groups, combo, strict=True)})
-            name = "chosen " + " ".join(f"{key}={value:g}" for (key, _), value in zip(groups, combo, strict=True))
-            table[name] = {"what": name, **run_row(name, "labelspace", overrides, (lr,), args.seeds, base, data,
+            overrides = dict(ROWS[args.grid_base][2], **{key: value for (key, _), value in zip(groups, combo, strict=True)})
+            name = args.grid_base + " " + " ".join(f"{key}={value:g}" for (key, _), value in zip(groups, combo, strict=True))
+            table[name] = {"what": name, **run_row(name, "labelspace", overrides, lrs, args.seeds, base, data,
                                                    feats, held)}
     for spec in args.vectors:
         name, path = spec.split("=", 1)

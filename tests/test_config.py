@@ -117,7 +117,7 @@ def test_an_unknown_key_is_named_with_its_line_and_the_known_keys(tmp_path, repo
 
 
 def test_a_missing_key_or_section_is_an_error_not_a_silent_default(tmp_path, repo_root):
-    path = _broken(tmp_path, repo_root, "  margin: 0.7 ", "  # margin removed ")
+    path = _broken(tmp_path, repo_root, "  margin: 0.2 ", "  # margin removed ")
     with pytest.raises(ConfigError, match="section 'loss' has no key\\(s\\) margin"):
         load_config(path)
     text = (repo_root / "params.yaml").read_text()

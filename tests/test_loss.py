@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from labelspace.model.networks import LabelSpaceModel
-from labelspace.training.loss import bce_loss, hinge_rank_loss, sample_negatives
+from labelspace.training.loss import bce_loss, hinge_rank_loss, loss_scale, sample_negatives, sigmoid_loss
 
 
 def reference_loss(distances, targets, margin, negative_mask):
@@ -167,7 +167,6 @@ def test_a_negative_number_of_negatives_is_rejected():
 
 def test_span_units_divide_margin_and_threshold_by_the_rank_of_the_training_labels():
     from labelspace.model.networks import LabelSpaceModel
-    from labelspace.training.loss import loss_scale
 
     model = LabelSpaceModel(backbone="resnet18", k=2, d=6, pretrained=False, freeze_backbone=True, dropout=0.0,
                             normalize=True, center_words=True, learn_scale=False)
@@ -180,3 +179,75 @@ def test_span_units_divide_margin_and_threshold_by_the_rank_of_the_training_labe
     assert loss_scale(model, W, "span") == 1.0
     with pytest.raises(ValueError, match="span or absolute"):
         loss_scale(model, W, "relative")
+
+
+def test_sigmoid_loss_is_bce_of_the_distance_below_the_threshold_over_every_label():
+    distances = torch.tensor([[0.05, 0.30, 0.10], [0.40, 0.02, 0.25]])
+    targets = torch.tensor([[1, 0, 0], [0, 1, 1]])
+    tau, temperature = 0.2, 0.05
+    p = torch.sigmoid((tau - distances) / temperature)
+    expected = -(targets * p.log() + (1 - targets) * (1 - p).log()).sum(dim=1).mean()
+    assert float(sigmoid_loss(distances, targets, tau, temperature)) == pytest.approx(float(expected), rel=1e-6)
+    # An image without positives still counts: its labels are all negatives.
+    empty = torch.zeros(1, 3)
+    assert float(sigmoid_loss(distances[:1], empty, tau, temperature)) > 0
+    with pytest.raises(ValueError, match="temperature"):
+        sigmoid_loss(distances, targets, tau, 0.0)
+
+
+def test_the_sigmoid_variant_trains_through_compute_loss_and_lowers_positive_distances():
+    from labelspace.config import LossConfig
+    from labelspace.model.spec import ModelSpec
+    from labelspace.training.loop import compute_loss
+
+    torch.manual_seed(0)
+    model = LabelSpaceModel(backbone="efficientnet_lite0", k=4, d=8, pretrained=True, freeze_backbone=True, dropout=0.0,
+                            normalize=True, center_words=False, learn_scale=False)
+    spec = ModelSpec(head="labelspace", backbone="efficientnet_lite0", n_labels=6, d=8, k=4, image_size=32,
+                     freeze_backbone=True, dropout=0.0, normalize=True, center_words=False, learn_scale=False)
+    config = LossConfig(variant="sigmoid", margin=0.3, n_negatives=2, threshold=1.0, threshold_weight=0.0,
+                        rank_weight=1.0, units="span")
+    feats = torch.randn(16, model.backbone.num_features)
+    targets = (torch.rand(16, 6) < 0.3).float()
+    W = torch.randn(6, 8)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        loss, skipped = compute_loss(spec, config, model, model.from_features(feats), targets, W, None)
+        first = float(loss.detach()) if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert skipped == 0
+    assert float(loss) < 0.7 * first
+    with torch.no_grad():
+        D = model.distances_from_output(model.from_features(feats), W)
+    assert D[targets > 0].mean() < D[targets == 0].mean()
+
+
+@pytest.mark.parametrize("variant", ["paper", "pairwise", "sigmoid", "pairwise+sigmoid"])
+def test_the_shares_of_two_data_parallel_ranks_sum_to_the_loss_of_one_process(variant):
+    from labelspace.config import LossConfig
+    from labelspace.model.spec import ModelSpec
+    from labelspace.training.loop import compute_loss
+    from labelspace.training.worker import shard_loss
+
+    torch.manual_seed(1)
+    model = LabelSpaceModel(backbone="efficientnet_lite0", k=4, d=8, pretrained=True, freeze_backbone=True, dropout=0.0,
+                            normalize=True, center_words=True, learn_scale=False)
+    spec = ModelSpec(head="labelspace", backbone="efficientnet_lite0", n_labels=6, d=8, k=4, image_size=32,
+                     freeze_backbone=True, dropout=0.0, normalize=True, center_words=True, learn_scale=False)
+    config = LossConfig(variant=variant, margin=0.7, n_negatives=3, threshold=1.4, threshold_weight=1.0,
+                        rank_weight=1.0, units="span")
+    outputs = model.from_features(torch.randn(9, model.backbone.num_features))
+    targets = (torch.rand(9, 6) < 0.3).float()
+    targets[4] = 0  # an image without positives: skipped by the rank terms, counted by the sigmoid loss
+    W = torch.randn(6, 8)
+    model.set_word_center(W)
+    whole, skipped = compute_loss(spec, config, model, outputs, targets, W, torch.Generator().manual_seed(5))
+    negatives = None if variant == "sigmoid" else sample_negatives(targets, 3, torch.Generator().manual_seed(5))
+    scale = loss_scale(model, W, "span")
+    shares = [shard_loss(spec, config, model, outputs[rank::2], targets[rank::2], W,
+                         None if negatives is None else negatives[rank::2], targets, 1.0, scale) for rank in (0, 1)]
+    assert float(sum(loss for loss, _ in shares)) == pytest.approx(float(whole), rel=1e-5)
+    assert sum(n for _, n in shares) == skipped == (0 if variant == "sigmoid" else int((targets.sum(1) == 0).sum()))

@@ -255,6 +255,12 @@ def test_standardized_open_words_put_other_words_on_the_training_labels_scale():
     again = LabelSpaceModel(**kwargs)
     again.load_state_dict(model.state_dict())
     torch.testing.assert_close(again.eval().distances_from_output(A, other), expected, rtol=1e-5, atol=1e-6)
+    # An offset of kappa spreads moves every other word by kappa * s, and no training label.
+    model.fit_open_words(training, reference_outputs=reference, offset=1.5)
+    torch.testing.assert_close(model.distances_from_output(A, other), expected + 1.5 * s, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.distances_from_output(A, training), raw_train)
+    again.load_state_dict(model.state_dict())  # the offset travels with the weights too
+    torch.testing.assert_close(again.eval().distances_from_output(A, other), expected + 1.5 * s, rtol=1e-5, atol=1e-6)
 
 
 def _fitted(open_words: str, seed: int = 0) -> tuple[LabelSpaceModel, torch.Tensor]:

@@ -113,9 +113,12 @@ class ModelConfig:
     center_words: bool
     learn_scale: bool
     open_words: str
+    open_words_offset: float
 
     def check(self) -> dict[str, str]:
         problems = _at_least(self, 1, "k")
+        if self.open_words_offset < 0:
+            problems["open_words_offset"] = "0 or more (in units of the training labels' spread of D)"
         if not 0 <= self.dropout < 1:
             problems["dropout"] = "in [0, 1)"
         if self.open_words not in OPEN_WORDS:
@@ -140,7 +143,7 @@ def registered_backbones() -> list[str]:
 
 
 OPEN_WORDS = ("raw", "absent", "standardized")  # labelspace.model.networks: how words that are no training label count
-LOSS_VARIANTS = ("paper", "pairwise")
+LOSS_VARIANTS = ("paper", "pairwise", "sigmoid", "pairwise+sigmoid")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ the words nearest to every image, whatever it shows, are hubs of the geometry, n
   reference images and m, s the mean of the training labels' own. A word near every image (small
   mu_w) is no longer nearer than a relevant label: what ranks it is how much nearer this image is
   than the others. Works whether or not the labels span every direction (64 noisy tags in 50-d do).
+  `offset` κ (calibrated stacking) adds κ s to every such word: D' = m + s (κ + (D - mu_w) / sigma_w),
+  a prior that a word never trained on applies less often than a training label does.
 A training label's D is unchanged in every mode. All are fitted after training (`fit_open_words`);
 until then (while training) D is raw.
 
@@ -200,9 +202,10 @@ class LabelSpaceModel(nn.Module):
         return W
 
     def fit_open_words(self, training_vectors: torch.Tensor, absent_distance: float | None = None,
-                       reference_outputs: torch.Tensor | None = None) -> None:
+                       reference_outputs: torch.Tensor | None = None, offset: float = 0.0) -> None:
         """Fit the `open_words` mode (the module docstring) after training: "absent" needs δ,
-        "standardized" the head's outputs A (R, k, d) on reference (validation) images."""
+        "standardized" the head's outputs A (R, k, d) on reference (validation) images and takes the
+        offset κ, in units of the training labels' mean spread s (kept in `seen_scale` as m + κ s)."""
         W = self.prepare_words(torch.as_tensor(training_vectors, dtype=torch.float32).to(self.head.weight.device))
         if self.open_words == "absent":
             _, singular, vh = torch.linalg.svd(W.double(), full_matrices=False)
@@ -214,7 +217,7 @@ class LabelSpaceModel(nn.Module):
             self.reference_A = self._unit(A)
             self.training_words = W
             mu, sigma = self._reference_stats(W)
-            self.seen_scale = torch.stack([mu.mean(), sigma.mean()])
+            self.seen_scale = torch.stack([mu.mean() + offset * sigma.mean(), sigma.mean()])
         else:
             raise ValueError("fit_open_words needs a model built with open_words absent or standardized")
 

@@ -185,7 +185,7 @@ def fit_head(
         note = f"no thresholded decision: {e}"
         log.warning("%s: %s", head, note)
     if getattr(result.model, "open_words", "raw") != "raw":
-        note = _fit_open_words(result.model, vectors, validate, final_scores, note)
+        note = _fit_open_words(result.model, vectors, validate, final_scores, note, model_config.open_words_offset)
     seconds = {**result.seconds, "calibration": time.perf_counter() - start}
     trained = TrainedModel(spec=spec, labels=train_labels, label_vectors=vectors,
                            state_dict=result.model.state_dict(), history=result.history,
@@ -199,10 +199,11 @@ REFERENCE_IMAGES = 256  # validation images whose A a "standardized" model carri
 
 
 def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scores: np.ndarray | None,
-                    note: str) -> str:
+                    note: str, offset: float = 0.0) -> str:
     """Fit model.open_words on validation (labelspace.model.networks): "absent" takes δ, the median D
     of the absent training labels; "standardized" carries the head's A on the first REFERENCE_IMAGES
-    validation images. Without a validation split D stays raw for every word, and the note says so."""
+    validation images, and `offset` (model.open_words_offset). Without a validation split D stays raw
+    for every word, and the note says so."""
     targets = validate.val_targets
     if len(targets) == 0 or (model.open_words == "absent" and targets.all()):
         log.warning("labelspace: no validation split: words that are no training label are measured raw")
@@ -219,7 +220,8 @@ def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scor
                                  validate.batch_size, desc="reference features")
     model.eval()
     with torch.no_grad():
-        model.fit_open_words(torch.as_tensor(vectors), reference_outputs=model.from_features(feats.to(device)).float())
+        model.fit_open_words(torch.as_tensor(vectors), reference_outputs=model.from_features(feats.to(device)).float(),
+                             offset=offset)
     return note
 
 

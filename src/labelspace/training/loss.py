@@ -4,11 +4,16 @@ Rank term, per image with >= 1 positive (images without positives are skipped), 
 and sampled negatives n_j, with D = ||A w||^2 (small = relevant):
 - "paper" (Li & Yeh 2018, eq. 3): sum_j max(0, m + mean_i D(p_i) - D(n_j)): the mean positive is
   ranked above each negative, so one badly placed positive can hide behind well placed ones;
-- "pairwise": mean_i sum_j max(0, m + D(p_i) - D(n_j)): every positive above every negative.
+- "pairwise": mean_i sum_j max(0, m + D(p_i) - D(n_j)): every positive above every negative;
+- "sigmoid": sum_l BCE(sigmoid((tau - D_l) / m), y_l) over every label, no sampling: -D as the logit
+  of a per-label decision at the one distance tau, m its temperature (the width of the transition, as
+  the margin is the hinge's). Images without positives count too, as they do for the BCE baseline.
 Threshold term (optional, `threshold_weight` > 0), per image, on the same negatives:
   sum_i max(0, D(p_i) - (tau - m/2)) + sum_j max(0, (tau + m/2) - D(n_j)),
 so relevance is also decided by one global distance tau, which makes scores comparable across images
 (mAP, thresholded decisions) where the rank term alone only orders labels within each image.
+"pairwise+sigmoid" keeps the pairwise rank term and takes the sigmoid loss, on every label, as that
+threshold term.
 
 Units of m and tau (`loss.units`): "absolute" takes them on D as it is (the paper's, and the only
 choice for an unnormalised D). "span" takes them in units of 1/r, r the rank of the training labels'
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-RANK_VARIANTS = ("paper", "pairwise")
+RANK_VARIANTS = ("paper", "pairwise")  # the sampled hinge rank terms; "sigmoid" is sigmoid_loss
 
 
 def loss_scale(model, W: torch.Tensor, units: str) -> float:
@@ -121,6 +126,17 @@ def threshold_loss(
     above = torch.relu(distances - (threshold - margin / 2)) * positives
     below = torch.relu((threshold + margin / 2) - distances) * negatives
     return (above + below).sum(dim=1).mean()
+
+
+def sigmoid_loss(distances: torch.Tensor, targets: torch.Tensor, threshold: float, temperature: float) -> torch.Tensor:
+    """Mean over images of sum_l BCE(sigmoid((threshold - D_l) / temperature), y_l): the "sigmoid"
+    variant (module doc). Every label of every image counts."""
+    _check_shapes(distances, targets)
+    if temperature <= 0:
+        raise ValueError(f"the sigmoid loss needs a temperature (loss.margin) above 0; got {temperature}")
+    logits = (threshold - distances) / temperature
+    per_label = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
+    return per_label.sum(dim=1).mean()
 
 
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -44,13 +44,15 @@ from labelspace.training.loop import (
     checkpoint_path,
     checkpoint_state,
     extract_features,
+    label_space_terms,
     make_scheduler,
     resolve_device,
     restore_checkpoint,
     seed_everything,
     to_input,
+    uses_negatives,
 )
-from labelspace.training.loss import bce_loss, hinge_rank_loss, loss_scale, sample_negatives, threshold_loss
+from labelspace.training.loss import bce_loss, loss_scale, sample_negatives
 from labelspace.training.runtime import quiet_gc, steady_heap
 from labelspace.training.threads import cpu_threads
 
@@ -78,13 +80,10 @@ def shard_loss(spec, config, model, outputs, y, W, negatives, y_global: torch.Te
     if spec.head != "labelspace":
         return bce_loss(outputs.float(), y) * (weight * len(y) / n_global), 0
     distances = model.distances_from_output(outputs.float(), W)
-    rank_term, skipped = hinge_rank_loss(distances, y, margin=config.margin * scale, negative_mask=negatives,
-                                         return_skipped=True, variant=config.variant)
+    ranked, skipped, dense = label_space_terms(config, distances, y, negatives, scale)
     valid_global = int((y_global > 0).any(dim=1).sum())
-    loss = config.rank_weight * rank_term * (weight * (len(y) - skipped) / max(valid_global, 1))
-    if config.threshold_weight:
-        loss = loss + config.threshold_weight * threshold_loss(
-            distances, y, config.threshold * scale, config.margin * scale, negative_mask=negatives) * (weight * len(y) / n_global)
+    loss = (ranked * (weight * (len(y) - skipped) / max(valid_global, 1))
+            + dense * (weight * len(y) / n_global))
     return loss, skipped if weight else 0
 
 
@@ -168,7 +167,7 @@ def train_rank(job: dict, folder: Path, rank: int, world: int, device: torch.dev
             y_global = y_all[train_idx[batch]]
             # Drawn for the whole batch on every rank, as one process draws them.
             negatives = (sample_negatives(y_global, loss_config.n_negatives, generator)
-                         if spec.head == "labelspace" else None)
+                         if spec.head == "labelspace" and uses_negatives(loss_config) else None)
             rows, weight = np.arange(rank, len(batch), world), 1.0
             if len(rows) == 0:  # a last batch smaller than the world: a row that counts for nothing
                 rows, weight = np.arange(1), 0.0
