@@ -219,7 +219,7 @@ def test_the_sigmoid_variant_trains_through_compute_loss_and_lowers_positive_dis
         loss.backward()
         optimizer.step()
     assert skipped == 0
-    assert float(loss) < 0.7 * first
+    assert float(loss.detach()) < 0.7 * first
     with torch.no_grad():
         D = model.distances_from_output(model.from_features(feats), W)
     assert D[targets > 0].mean() < D[targets == 0].mean()
