@@ -200,6 +200,15 @@ def evaluate_val(model, feats, vectors, targets, held_vectors=None, held_targets
     return row
 
 
+def in_open_words_mode(model, mode: str) -> LabelSpaceModel:
+    """A copy of a trained normalised label space measuring other words in `mode`, not yet fitted."""
+    other = LabelSpaceModel(backbone=model.backbone_name, k=model.k, d=model.d, pretrained=False,
+                            freeze_backbone=True, dropout=0.0, normalize=True, center_words=model.center_words,
+                            learn_scale=model.learn_scale, open_words=mode)
+    other.load_state_dict({k: v for k, v in model.state_dict().items() if k in other.state_dict()}, strict=False)
+    return other.eval()
+
+
 def evaluate_both(model, feats, vectors, targets, hv, ht, held_labels, val_idx, reference_feats=None) -> dict:
     """Validation figures with words measured raw, and for a normalised label space in the other
     `model.open_words` modes on the same weights (labelspace.model.networks): "absent" with δ from
@@ -209,11 +218,7 @@ def evaluate_both(model, feats, vectors, targets, hv, ht, held_labels, val_idx, 
     if not getattr(model, "normalize", False) or not len(targets) or reference_feats is None:
         return row
     for mode in ("absent", "standardized"):
-        other = LabelSpaceModel(backbone=model.backbone_name, k=model.k, d=model.d, pretrained=False,
-                                freeze_backbone=True, dropout=0.0, normalize=True, center_words=model.center_words,
-                                learn_scale=model.learn_scale, open_words=mode)
-        other.load_state_dict({k: v for k, v in model.state_dict().items() if k in other.state_dict()}, strict=False)
-        other.eval()
+        other = in_open_words_mode(model, mode)
         with torch.no_grad():
             if mode == "absent":
                 D = -scores_from_features(other, feats, vectors)

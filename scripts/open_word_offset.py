@@ -35,7 +35,6 @@ from labelspace.evaluation.open_vocabulary import (  # noqa: E402
     open_vocabulary_words,
 )
 from labelspace.evaluation.zero_shot import generalized_zero_shot_metrics  # noqa: E402
-from labelspace.model.networks import LabelSpaceModel  # noqa: E402
 from labelspace.training.fit import held_out_for, training_labels  # noqa: E402
 from labelspace.training.loop import scores_from_features, train_model  # noqa: E402
 
@@ -69,12 +68,7 @@ def main(argv=None) -> int:
         trained_model = train_model(*parts, None, targets[:, keep], train_idx, vectors[keep],
                                     pretrained=base.model.pretrained, weights_path=base.model.weights_path,
                                     features=(plain[train_idx], mirrored[train_idx])).model
-        model = LabelSpaceModel(backbone=trained_model.backbone_name, k=trained_model.k, d=trained_model.d,
-                                pretrained=False, freeze_backbone=True, dropout=0.0, normalize=True,
-                                center_words=trained_model.center_words, learn_scale=False, open_words="standardized")
-        model.load_state_dict({k: v for k, v in trained_model.state_dict().items() if k in model.state_dict()},
-                              strict=False)
-        model.eval()
+        model = ablation.in_open_words_mode(trained_model, "standardized")
         with torch.no_grad():
             model.fit_open_words(torch.as_tensor(vectors[keep]), reference_outputs=model.from_features(plain[train_idx[:256]]))
         m, s = (float(x) for x in model.seen_scale)

@@ -167,6 +167,8 @@ class LossConfig:
         for key in ("margin", "threshold_weight", "rank_weight"):
             if getattr(self, key) < 0:
                 problems[key] = "0 or more"
+        if "sigmoid" in self.variant and self.margin <= 0:
+            problems["margin"] = "above 0 with a sigmoid loss (it is the sigmoid's temperature)"
         if self.rank_weight == 0 and self.threshold_weight == 0:
             problems["rank_weight"] = "above 0 when threshold_weight is 0 (the loss would be 0)"
         return problems

@@ -39,14 +39,7 @@ from labelspace.config import LossConfig, TrainConfig
 from labelspace.model.networks import LabelSpaceModel
 from labelspace.model.spec import ModelSpec, build_model
 from labelspace.progress import progress, progress_mode
-from labelspace.training.loss import (
-    bce_loss,
-    hinge_rank_loss,
-    loss_scale,
-    sample_negatives,
-    sigmoid_loss,
-    threshold_loss,
-)
+from labelspace.training.loss import bce_loss, label_space_terms, loss_scale, sample_negatives, uses_negatives
 from labelspace.training.runtime import quiet_gc, steady_heap
 from labelspace.training.threads import cpu_threads
 
@@ -119,34 +112,6 @@ def extract_features(
             x = to_input(images[idx], model, device, flags[: len(idx)] if flags is not None else None)
             out.append(model.backbone(x).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.backbone.num_features)
-
-
-def label_space_terms(config: LossConfig, distances, targets, negatives, scale: float):
-    """The label-space loss (labelspace.training.loss) in two parts and the images skipped: `ranked`, a
-    mean over the images with a positive (the hinge rank term; `skipped` = the others), and `dense`, a
-    mean over every image (the threshold term, or the sigmoid loss). The loss is their sum; data-parallel
-    ranks weight each by its own share (labelspace.training.worker). `negatives` is unused by sigmoid."""
-    rank_variant, _, threshold_kind = config.variant.partition("+")
-    tau, margin = config.threshold * scale, config.margin * scale
-    dense = distances.new_zeros(())
-    if rank_variant == "sigmoid":
-        ranked, skipped = distances.new_zeros(()), 0
-        dense = config.rank_weight * sigmoid_loss(distances, targets, tau, margin)
-    else:
-        rank, skipped = hinge_rank_loss(distances, targets, margin=margin, negative_mask=negatives,
-                                        return_skipped=True, variant=rank_variant)
-        ranked = config.rank_weight * rank
-    if config.threshold_weight and threshold_kind == "sigmoid":
-        dense = dense + config.threshold_weight * sigmoid_loss(distances, targets, tau, margin)
-    elif config.threshold_weight:
-        dense = dense + config.threshold_weight * threshold_loss(distances, targets, tau, margin,
-                                                                 negative_mask=negatives)
-    return ranked, skipped, dense
-
-
-def uses_negatives(config: LossConfig) -> bool:
-    """Whether the loss samples negatives (the hinge terms do; the sigmoid loss takes every label)."""
-    return config.variant != "sigmoid"
 
 
 def compute_loss(spec: ModelSpec, config: LossConfig, model, outputs, targets, W, generator,

@@ -139,6 +139,35 @@ def sigmoid_loss(distances: torch.Tensor, targets: torch.Tensor, threshold: floa
     return per_label.sum(dim=1).mean()
 
 
+def label_space_terms(config, distances: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None,
+                      scale: float) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """The label-space loss of a LossConfig (the module doc) in two parts and the images skipped: `ranked`, a
+    mean over the images with a positive (the hinge rank term; `skipped` = the others), and `dense`, a
+    mean over every image (the threshold term, or the sigmoid loss). The loss is their sum; data-parallel
+    ranks weight each by its own share (labelspace.training.worker). `negatives` is unused by sigmoid."""
+    rank_variant, _, threshold_kind = config.variant.partition("+")
+    tau, margin = config.threshold * scale, config.margin * scale
+    dense = distances.new_zeros(())
+    if rank_variant == "sigmoid":
+        ranked, skipped = distances.new_zeros(()), 0
+        dense = config.rank_weight * sigmoid_loss(distances, targets, tau, margin)
+    else:
+        rank, skipped = hinge_rank_loss(distances, targets, margin=margin, negative_mask=negatives,
+                                        return_skipped=True, variant=rank_variant)
+        ranked = config.rank_weight * rank
+    if config.threshold_weight and threshold_kind == "sigmoid":
+        dense = dense + config.threshold_weight * sigmoid_loss(distances, targets, tau, margin)
+    elif config.threshold_weight:
+        dense = dense + config.threshold_weight * threshold_loss(distances, targets, tau, margin,
+                                                                 negative_mask=negatives)
+    return ranked, skipped, dense
+
+
+def uses_negatives(config) -> bool:
+    """Whether the loss samples negatives (the hinge terms do; the sigmoid loss takes every label)."""
+    return config.variant != "sigmoid"
+
+
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Loss of the baseline: binary cross-entropy of a linear sigmoid head."""
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float())

@@ -44,15 +44,13 @@ from labelspace.training.loop import (
     checkpoint_path,
     checkpoint_state,
     extract_features,
-    label_space_terms,
     make_scheduler,
     resolve_device,
     restore_checkpoint,
     seed_everything,
     to_input,
-    uses_negatives,
 )
-from labelspace.training.loss import bce_loss, loss_scale, sample_negatives
+from labelspace.training.loss import bce_loss, label_space_terms, loss_scale, sample_negatives, uses_negatives
 from labelspace.training.runtime import quiet_gc, steady_heap
 from labelspace.training.threads import cpu_threads
 
