@@ -9,6 +9,9 @@
 # The installer is uv (PyPI `uv`, installed into the venv by pip on first use): it links packages
 # from its cache (~/.cache/uv), so a set-up with the packages cached takes seconds, not minutes.
 # Where uv cannot be had (or LABELSPACE_INSTALLER=pip), pip installs the same pins.
+# Every installed module is compiled to bytecode at install (pip's default; uv's --compile-bytecode):
+# where PYTHONDONTWRITEBYTECODE is set, as on many CI machines, Python would otherwise compile torch,
+# ZenML and MLflow from source in every process, which doubles the import time of each command.
 # uv does not read pip's configuration, so this machine's pip settings (pip.conf files and PIP_*
 # variables: find-links, index-url, extra-index-url, constraint, cert, timeout) are handed to it.
 set -euo pipefail
@@ -66,7 +69,7 @@ fi
 
 if use_uv; then
   pip_settings "$PY"
-  "$VENV/bin/uv" pip install --python "$PY" "${uv_args[@]}" --quiet -r "$LOCK" -e ".[$EXTRAS]"
+  "$VENV/bin/uv" pip install --python "$PY" "${uv_args[@]}" --compile-bytecode --quiet -r "$LOCK" -e ".[$EXTRAS]"
 else
   "$PY" -m pip install --quiet --disable-pip-version-check -r "$LOCK" -e ".[$EXTRAS]"
 fi
