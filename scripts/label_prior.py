@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from labelspace.app import TELEMETRY_OFF
+from test_seeds import store_env
 
 
 def measure(folder: Path, k: int) -> list[dict]:
@@ -30,6 +29,7 @@ def measure(folder: Path, k: int) -> list[dict]:
 
     from labelspace.data.prepared import prepared
     from labelspace.data.splits import split_indices, target_matrix
+    from labelspace.evaluation.calibration import calibrated_probabilities
     from labelspace.evaluation.report import evaluate_scores
     from labelspace.training.loop import extract_features, resolve_device, scores_from_features
 
@@ -48,10 +48,8 @@ def measure(folder: Path, k: int) -> list[dict]:
         feats = extract_features(model, images, test_idx, device, 128, desc=f"{head} test features")
         scores = np.asarray(scores_from_features(model, feats, trained.label_vectors, device), dtype=np.float64)
         targets = target_matrix(manifest.iloc[test_idx], trained.labels)
-        cal = trained.calibration
-        with_prior = scores + np.asarray(cal["offsets"]) / cal["slope"]
         row = {"folder": str(folder), "head": head.removesuffix("_model")}
-        for name, s in (("scores", scores), ("calibrated", with_prior)):
+        for name, s in (("scores", scores), ("calibrated", calibrated_probabilities(scores, trained.calibration))):
             report = evaluate_scores(s, targets, (k,), None)
             row[name] = {"C-F1": round(100 * report[f"top{k}"]["C-F1"], 1),
                          "O-F1": round(100 * report[f"top{k}"]["O-F1"], 1), "mAP": round(100 * report["mAP"], 1)}
@@ -71,9 +69,7 @@ def main() -> None:
         return
     for folder in args.folders:
         folder = folder.resolve()
-        env = {**os.environ, **TELEMETRY_OFF, "ZENML_CONFIG_PATH": str(folder / "zenml"),
-               "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "ZENML_LOGGING_VERBOSITY": "WARN"}
-        out = subprocess.run([sys.executable, __file__, str(folder), "--k", str(args.k), "--one"], env=env,
+        out = subprocess.run([sys.executable, __file__, str(folder), "--k", str(args.k), "--one"], env=store_env(folder),
                              capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(f"{folder}:\n{out.stderr[-3000:]}")

@@ -67,6 +67,12 @@ def seed_params(params_path: Path, seed: int, work: Path) -> Path:
     return path
 
 
+def store_env(work: Path) -> dict[str, str]:
+    """The environment of a process bound to one seed folder's own ZenML store and MLflow database."""
+    return {**os.environ, **TELEMETRY_OFF, "ZENML_LOGGING_VERBOSITY": "WARN", "ZENML_CONFIG_PATH": str(work / "zenml"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+
+
 def run_seed(params_path: Path, seed: int, out: Path, threads: int | None) -> dict:
     """metrics.json of one seed's `labelspace run --no-cache` (read from `out` when already there)."""
     work = out / f"seed{seed}"
@@ -74,9 +80,7 @@ def run_seed(params_path: Path, seed: int, out: Path, threads: int | None) -> di
     if report.is_file():
         return json.loads(report.read_text())
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **TELEMETRY_OFF, "ZENML_LOGGING_VERBOSITY": "WARN", PARAMS_ENV: str(seed_params(params_path, seed, work)),
-           "ZENML_CONFIG_PATH": str(work / "zenml"), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-           "LABELSPACE_PROGRESS": "log"}
+    env = {**store_env(work), PARAMS_ENV: str(seed_params(params_path, seed, work)), "LABELSPACE_PROGRESS": "log"}
     if threads:
         env["LABELSPACE_TORCH_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
     labelspace = Path(sys.executable).parent / "labelspace"
