@@ -87,6 +87,7 @@ def bare_gpu(work: Path) -> dict:
     torch.manual_seed(train.seed)
     model = LabelSpaceModel(backbone=spec.backbone, k=spec.k, d=spec.d, pretrained=config.model.pretrained,
                             weights_path=config.model.weights_path, freeze_backbone=spec.freeze_backbone,
+                            frozen_stages=spec.frozen_stages,
                             dropout=spec.dropout, normalize=spec.normalize, center_words=spec.center_words,
                             learn_scale=spec.learn_scale).to(device, memory_format=torch.channels_last)
     W = torch.as_tensor(saved["vectors"], dtype=torch.float32, device=device)

@@ -202,6 +202,7 @@ def bare_training(spec: ModelSpec, loss_config: LossConfig, config: TrainConfig,
     torch.manual_seed(config.seed)
     model = LabelSpaceModel(backbone=spec.backbone, k=spec.k, d=spec.d, pretrained=model_config.pretrained,
                             weights_path=model_config.weights_path, freeze_backbone=spec.freeze_backbone,
+                            frozen_stages=spec.frozen_stages,
                             dropout=spec.dropout, normalize=spec.normalize, center_words=spec.center_words,
                             learn_scale=spec.learn_scale)
     W = torch.as_tensor(label_vectors, dtype=torch.float32)  # (L, d)

@@ -62,6 +62,7 @@ SIGMOID = dict(SPAN, variant="sigmoid", margin=0.2, threshold=0.25, threshold_we
 # name -> (what changes, head, overrides, search the learning rate)
 ROWS: dict[str, tuple[str, str, dict, bool]] = {
     "bce": ("baseline: linear sigmoid head, BCE", "bce", {}, True),
+    "default": ("params.yaml's label-space head and loss as they are", "labelspace", {}, True),
     "paper": ("paper: ||Aw||^2, eq. 3 hinge, m=1", "labelspace", PAPER, True),
     "paper-m10": ("paper, m=10 (margin only rescales A)", "labelspace", dict(PAPER, margin=10.0), False),
     "normalized": ("+ unit A (Frobenius) and unit w, m=0.1", "labelspace", NORMALIZED, False),
@@ -123,6 +124,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fine-tune-first-seed", type=int, default=0,
                    help="the first of those seeds (another process can run the next ones)")
     p.add_argument("--fine-tune-frozen", action="store_true", help="also frozen runs at the same budget")
+    p.add_argument("--fine-tune-set", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a params.yaml key (model, loss or train) every end-to-end run sets, one run per value; "
+                        "repeat for a grid, e.g. --fine-tune-set frozen_stages=0,3")
     p.add_argument("--cache", default=str(ROOT / "data" / "ablation"))
     p.add_argument("--out", default=str(ROOT / "reports" / "ablation.json"))
     return p.parse_args(argv)
@@ -265,7 +269,7 @@ def run_row(name, head, overrides, lrs, seeds, base: Config, data, feats, held):
     return {"lr": best_lr, **results[best_lr], "lr_search": {str(k): v["score"] for k, v in results.items()}}
 
 
-def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, seeds=1, first_seed=0):
+def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, seeds=1, first_seed=0, grid=()):
     """End-to-end training (backbone unfrozen) of table rows at a small epoch budget, one seed each
     (an end-to-end epoch takes tens of seconds on a CPU) unless `seeds` says more, optionally beside
     frozen training at the same budget: validation metrics, zero-shot, and seconds per epoch."""
@@ -274,10 +278,13 @@ def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, see
     out = {}
     for name in rows:
         _, head, overrides, _ = ROWS[name]
-        for lr, frozen, seed in itertools.product(lrs, (True, False) if with_frozen else (False,),
-                                                range(first_seed, first_seed + seeds)):
-            row_parts = parts(base, head, {**overrides, "lr": lr, "epochs": epochs, "freeze_backbone": frozen,
-                                           "seed": seed}, len(labels), vectors.shape[1], images.shape[1])
+        settings = [dict(zip([key for key, _ in grid], combo, strict=True))
+                    for combo in itertools.product(*[values for _, values in grid])]
+        for lr, frozen, seed, setting in itertools.product(lrs, (True, False) if with_frozen else (False,),
+                                                           range(first_seed, first_seed + seeds), settings):
+            row_parts = parts(base, head, {**overrides, **setting, "lr": lr, "epochs": epochs,
+                                           "freeze_backbone": frozen, "seed": seed},
+                              len(labels), vectors.shape[1], images.shape[1])
             start = time.perf_counter()
             result = train_model(*row_parts, images, targets, splits["train"], vectors,
                                  pretrained=base.model.pretrained, weights_path=base.model.weights_path)
@@ -285,13 +292,22 @@ def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, see
             feats = extract_features(result.model, images, val_idx, torch.device("cpu"))
             hv, ht = (held["vectors"], held["targets"][val_idx]) if head == "labelspace" else (None, None)
             row = evaluate_both(result.model, feats, vectors, targets[val_idx], hv, ht, held["labels"], val_idx)
-            row.update(seconds=seconds, seconds_per_epoch=seconds / epochs, epochs=epochs, lr=lr)
+            row.update(seconds=seconds, seconds_per_epoch=seconds / epochs, epochs=epochs, lr=lr, **setting)
             key = (f"{name} {'frozen' if frozen else 'fine-tuned'} {epochs}ep lr={lr:g}"
+                   + "".join(f" {k}={v:g}" for k, v in setting.items())
                    + (f" seed={seed}" if seeds > 1 or first_seed else ""))
             out[key] = row
             print(f"  {key}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
                                            for k, v in row.items()), flush=True)
     return out
+
+
+def parse_values(spec: str) -> tuple[str, list]:
+    """'key=1,2.5' -> ('key', [1, 2.5])."""
+    key, _, values = spec.partition("=")
+    if not values:
+        raise SystemExit(f"a grid wants KEY=V1,V2,..., got {spec!r}")
+    return key, [float(v) if "." in v else int(v) for v in values.split(",")]
 
 
 def markdown(table: dict) -> str:
@@ -346,8 +362,7 @@ def main(argv=None) -> int:
         table[name] = {"what": what, **run_row(name, head, overrides, lrs, args.seeds, base, data, feats, held)}
     table = {name: table[name] for name in wanted}
     if args.grid:
-        groups = [(key, [float(v) if "." in v else int(v) for v in values.split(",")])
-                  for key, values in (group.split("=") for group in args.grid.split(";"))]
+        groups = [parse_values(group) for group in args.grid.split(";")]
         data, held = data_for(label_vectors)
         lrs = ([float(lr) for lr in args.grid_lrs.split(",")] if args.grid_lrs
                else [table.get(args.grid_base, {}).get("lr", base.train.lr)])
@@ -372,7 +387,8 @@ def main(argv=None) -> int:
         table["fine_tune"] = fine_tune_rows(args.fine_tune_rows.split(","), args.fine_tune,
                                             [float(lr) for lr in args.fine_tune_lrs.split(",")], base, data, held,
                                             images, args.fine_tune_frozen, args.fine_tune_seeds,
-                                            args.fine_tune_first_seed)
+                                            args.fine_tune_first_seed,
+                                            [parse_values(spec) for spec in args.fine_tune_set])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"seeds": args.seeds, "n_train": int(len(splits["train"])),

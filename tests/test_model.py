@@ -188,6 +188,46 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_its_statistics():
     assert torch.equal(model.backbone.body.net._bn0.running_mean, running_mean)
 
 
+@pytest.mark.parametrize("head", ["labelspace", "bce"])
+def test_frozen_stages_keep_their_weights_while_the_rest_trains(head):
+    torch.manual_seed(0)
+    common = dict(backbone=PACKAGED, pretrained=True, freeze_backbone=False, dropout=0.0, frozen_stages=3)
+    model = (LabelSpaceModel(k=2, d=4, normalize=True, center_words=False, learn_scale=False, **common)
+             if head == "labelspace" else BCEBaselineModel(n_labels=3, **common))
+    model.train()
+    net = model.backbone.body.net
+    frozen = [net._conv_stem, net._bn0, *net._blocks[:3]]  # the stem, stage 1 (one block), stage 2 (two)
+    trained = [*net._blocks[3:], net._conv_head, net._bn1]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    running_mean = net._blocks[0]._bn1.running_mean.clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    out = model.distances(images(size=32), torch.randn(3, 4)) if head == "labelspace" else model(images(size=32))
+    out.sum().backward()
+    optimizer.step()
+    assert all(p.grad is None and not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad and p.grad is not None for m in trained for p in m.parameters())
+    after = dict(model.named_parameters())
+    ids = {id(p) for m in frozen for p in m.parameters()}
+    assert all(torch.equal(before[name], p) for name, p in after.items() if id(p) in ids)
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    # Only the weights stop: BatchNorm in a frozen stage still normalises with the batch and learns its statistics.
+    assert not torch.equal(net._blocks[0]._bn1.running_mean, running_mean)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_backbone_names_its_stages_and_rejects_too_many(name):
+    backbone = create_backbone(name, pretrained=name == PACKAGED)
+    n = len(backbone.stages)
+    assert n >= 5
+    owned = {id(p) for p in backbone.parameters()}
+    in_stages = [p for stage in backbone.stages for p in stage.parameters()]
+    assert {id(p) for p in in_stages} <= owned and len(in_stages) == len({id(p) for p in in_stages})
+    backbone.freeze_stages(n)  # every stage: nothing left to train in the body
+    assert not any(p.requires_grad for p in in_stages)
+    with pytest.raises(ValueError, match=rf"model\.frozen_stages must be between 0 and {n} .* got {n + 1}"):
+        backbone.freeze_stages(n + 1)
+
+
 def test_bce_baseline_gives_one_logit_per_label():
     torch.manual_seed(0)
     model = BCEBaselineModel(n_labels=7, backbone=PACKAGED, pretrained=True, freeze_backbone=False, dropout=0.0).eval()
@@ -367,3 +407,17 @@ def test_remembered_words_do_not_stop_the_gradient():
     A.grad = None
     model.distances_from_output(A, made).sum().backward()  # made under inference mode: rebuilt
     assert A.grad is not None
+
+
+def test_the_spec_carries_frozen_stages_and_older_bundles_read_as_none_frozen():
+    from labelspace.model.spec import ModelSpec, build_model
+
+    spec = ModelSpec(head="bce", backbone="resnet18", k=2, d=4, n_labels=3, dropout=0.0, normalize=True,
+                     center_words=False, learn_scale=False, freeze_backbone=False, image_size=32, frozen_stages=2)
+    again = ModelSpec.from_dict(spec.to_dict())
+    assert again == spec
+    model = build_model(again)
+    assert not any(p.requires_grad for p in [*model.backbone.body.conv1.parameters(), *model.backbone.body.layer1.parameters()])
+    assert all(p.requires_grad for p in model.backbone.body.layer2.parameters())
+    older = {k: v for k, v in spec.to_dict().items() if k != "frozen_stages"}
+    assert ModelSpec.from_dict(older).frozen_stages == 0

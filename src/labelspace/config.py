@@ -107,6 +107,7 @@ class ModelConfig:
     pretrained: bool
     weights_path: str | None
     freeze_backbone: bool
+    frozen_stages: int
     k: int
     dropout: float
     normalize: bool
@@ -117,6 +118,8 @@ class ModelConfig:
 
     def check(self) -> dict[str, str]:
         problems = _at_least(self, 1, "k")
+        if self.frozen_stages < 0:
+            problems["frozen_stages"] = "0 (the whole backbone trains) or more (the stem, then each stage of blocks)"
         if self.open_words_offset < 0:
             problems["open_words_offset"] = "0 or more (in units of the training labels' spread of D)"
         if not 0 <= self.dropout < 1:

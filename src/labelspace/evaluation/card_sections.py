@@ -115,7 +115,10 @@ def img(name: str, caption: str) -> dict[str, Any]:
 
 def _model_rows(c) -> list[list[Any]]:
     s, params = c.spec, c.params
-    training = "frozen backbone, head only" if s["freeze_backbone"] else "end to end (backbone and head)"
+    frozen = s.get("frozen_stages", 0)
+    training = ("frozen backbone, head only" if s["freeze_backbone"]
+                else f"end to end, its first {frozen} stages kept pretrained" if frozen
+                else "end to end (backbone and head)")
     rows = [["head", f"label space, D = ||A w||² (A: {s['k']}×{s['d']})"],
             ["backbone", f"{s['backbone']} ({training}), input {s['image_size']}×{s['image_size']} px"],
             ["shape options", f"normalize {s['normalize']}, center_words {s['center_words']}, "

@@ -32,6 +32,7 @@ class Backbone(nn.Module):
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         weights_file: str | None,
+        stages: list[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.body = body
@@ -39,9 +40,25 @@ class Backbone(nn.Module):
         self.input_mean = mean
         self.input_std = std
         self.weights_file = weights_file
+        # The body's parameters in input order, stem first, one entry per stage (a plain list: the
+        # modules are registered once, through `body`).
+        self.stages = list(stages or [])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)  # (B, num_features)
+
+    def freeze_stages(self, n: int) -> None:
+        """Keep the first `n` stages (1: the stem; 2: the stem and the first stage of blocks; ...) at
+        the weights they have, as detectron2's FREEZE_AT does. Their BatchNorm layers still normalise
+        with the batch's statistics while training and keep updating their running statistics, as
+        the rest of the network does; only the weights stop learning. Autograd records nothing for
+        them (no parameter or input there needs a gradient), so their backward pass, the most
+        expensive part of a CPU step at full resolution, is not computed at all."""
+        if not 0 <= n <= len(self.stages):
+            raise ValueError(f"model.frozen_stages must be between 0 and {len(self.stages)} for this backbone "
+                             f"(it has {len(self.stages)} stages, the stem first), got {n}")
+        for stage in self.stages[:n]:
+            stage.requires_grad_(False)
 
 
 def register_backbone(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
@@ -128,8 +145,14 @@ def efficientnet_lite0(pretrained: bool = True, weights_path: str | None = None)
             raise ValueError(f"{weights_path} does not fit efficientnet-lite0: missing {missing}, unexpected {unexpected}")
     net._fc = nn.Identity()  # never used: we pool extract_features ourselves
     _streamline(net)
+    stages: list[nn.Module] = [nn.ModuleList([net._conv_stem, net._bn0])]
+    first = 0
+    for args in net._blocks_args:  # the 7 stages of MBConv blocks, as the architecture defines them
+        stages.append(nn.ModuleList(net._blocks[first:first + args.num_repeat]))
+        first += args.num_repeat
+    stages.append(nn.ModuleList([net._conv_head, net._bn1]))
     return Backbone(_Pooled(net.extract_features, net), 1280, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-                    str(weights_path) if pretrained else None)
+                    str(weights_path) if pretrained else None, stages)
 
 
 def _torchvision_weights(arch: str, weights_enum, pretrained: bool, weights_path: str | None) -> str | None:
@@ -169,13 +192,16 @@ def alexnet(pretrained: bool = True, weights_path: str | None = None) -> Backbon
     """The paper's backbone: AlexNet up to fc7 (4096 features)."""
     net, path = _torchvision("alexnet", pretrained, weights_path)
     net.classifier = net.classifier[:-1]  # drop fc8; keep fc6, fc7 with their ReLU and dropout
-    return Backbone(net, 4096, IMAGENET_MEAN, IMAGENET_STD, path)
+    convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
+    return Backbone(net, 4096, IMAGENET_MEAN, IMAGENET_STD, path, [*convs, net.classifier])
 
 
 def _resnet(arch: str, num_features: int, pretrained: bool, weights_path: str | None) -> Backbone:
     net, path = _torchvision(arch, pretrained, weights_path)
     net.fc = nn.Identity()
-    return Backbone(net, num_features, IMAGENET_MEAN, IMAGENET_STD, path)
+    stem = nn.ModuleList([net.conv1, net.bn1])
+    return Backbone(net, num_features, IMAGENET_MEAN, IMAGENET_STD, path,
+                    [stem, net.layer1, net.layer2, net.layer3, net.layer4])
 
 
 @register_backbone

@@ -135,6 +135,7 @@ class LabelSpaceModel(nn.Module):
         freeze_backbone: bool,
         dropout: float,
         normalize: bool,
+        frozen_stages: int = 0,
         center_words: bool,
         learn_scale: bool,
         open_words: str = "raw",
@@ -161,8 +162,11 @@ class LabelSpaceModel(nn.Module):
         self.backbone_name = backbone
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights_path=weights_path)
         self.freeze_backbone = freeze_backbone
+        self.frozen_stages = frozen_stages
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        else:
+            self.backbone.freeze_stages(frozen_stages)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.num_features, k * d)
         # Scale the head so ||A w||^2 starts near ||w||^2 for unit-variance features: the margin
@@ -327,13 +331,17 @@ class BCEBaselineModel(nn.Module):
         weights_path: str | None = None,
         freeze_backbone: bool,
         dropout: float,
+        frozen_stages: int = 0,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.backbone = create_backbone(backbone, pretrained=pretrained, weights_path=weights_path)
         self.freeze_backbone = freeze_backbone
+        self.frozen_stages = frozen_stages
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        else:
+            self.backbone.freeze_stages(frozen_stages)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.num_features, n_labels)
 

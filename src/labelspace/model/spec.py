@@ -32,6 +32,8 @@ class ModelSpec:
     image_size: int  # side of the square input the model was trained on
     # "raw" or "absent" (labelspace.model.networks); bundles written before it existed are "raw".
     open_words: str = "raw"
+    # Leading backbone stages kept at their pretrained weights end to end (0 before it existed).
+    frozen_stages: int = 0
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -43,7 +45,7 @@ class ModelSpec:
         return cls(head=head, backbone=model.backbone, k=model.k, d=d, n_labels=n_labels, dropout=model.dropout,
                    normalize=model.normalize, center_words=model.center_words, learn_scale=model.learn_scale,
                    freeze_backbone=model.freeze_backbone, image_size=image_size,
-                   open_words=model.open_words)
+                   open_words=model.open_words, frozen_stages=model.frozen_stages)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,7 +67,7 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False, weights_path: str 
     from labelspace.model.networks import BCEBaselineModel, LabelSpaceModel
 
     common = dict(backbone=spec.backbone, pretrained=pretrained, weights_path=weights_path if pretrained else None,
-                  freeze_backbone=spec.freeze_backbone, dropout=spec.dropout)
+                  freeze_backbone=spec.freeze_backbone, frozen_stages=spec.frozen_stages, dropout=spec.dropout)
     if spec.head == "labelspace":
         return LabelSpaceModel(k=spec.k, d=spec.d, normalize=spec.normalize, center_words=spec.center_words,
                                learn_scale=spec.learn_scale, open_words=spec.open_words, **common)
