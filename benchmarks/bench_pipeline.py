@@ -16,7 +16,8 @@ breakdown and the pipeline's overhead as a share of the whole run, from one invo
    `work` = the library's work in the steps (decoding, word vectors, fit_head, evaluate_models and
    the plots, the gate's scoring) and `overhead` = the rest of the wall time, as a share of it.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--train N] [--test N] [--epochs N] [--no-warm-up] [--keep DIR]
+    .venv/bin/python benchmarks/bench_pipeline.py [--train N] [--test N] [--epochs N] [--set SECTION.KEY=VALUE]
+        [--no-warm-up] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def prepare_workdir(work: Path, args: argparse.Namespace) -> dict[str, str]:
     params["train"]["checkpoint_dir"] = str(work / "checkpoints")
     if args.epochs:
         params["train"]["epochs"] = args.epochs
+    for setting in args.set:
+        key, sep, value = setting.partition("=")
+        section, _, name = key.partition(".")
+        if not sep or name not in params.get(section, {}):
+            raise SystemExit(f"--set wants SECTION.KEY=VALUE with a key of params.yaml, got {setting!r}")
+        params[section][name] = yaml.safe_load(value)
     params["evaluate"]["report"] = str(work / "reports" / "metrics.json")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return {**TELEMETRY_OFF, PARAMS_ENV: str(work / "params.yaml"), "ZENML_CONFIG_PATH": str(work / "zenml"),
@@ -104,6 +111,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, help="train canvases (default: params.yaml's sample.n_train)")
     parser.add_argument("--test", type=int, help="test canvases (default: params.yaml's sample.n_test)")
     parser.add_argument("--epochs", type=int, help="default: params.yaml's train.epochs")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="another value of a params.yaml key for both runs, e.g. --set model.frozen_stages=3")
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                         help="time the very first run of a fresh project (ZenML's database and the decoded "
                              "images are created during it)")
@@ -170,6 +179,8 @@ def report(wall: float, timers: dict, import_total: float, imports: dict[str, fl
 
     if process.get("what_if"):
         print(f"what-if: {process['what_if']}")
+    if args.set:
+        print(f"params.yaml changed: {', '.join(args.set)}")
     print(f"`labelspace run --no-cache`: {wall:.1f} s wall (timed run{', after a warm-up run' if args.warm_up else ''}; "
           f"{process['command_cpu'] + process.get('cpu_before_instrument', 0):.1f} s CPU)")
     width = max(len(r[0]) for r in rows)
