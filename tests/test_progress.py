@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from tqdm import tqdm
@@ -174,3 +177,15 @@ def test_unknown_mode_warns_once_and_chooses_automatically(monkeypatch, caplog):
     assert progress_mode(Terminal()) == "bar" and progress_mode(io.StringIO()) == "log"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["ignoring LABELSPACE_PROGRESS='fancy': expected one of bar, log, off"]
+
+
+@pytest.mark.parametrize("mode, expected", [("log", "False"), ("bar", "True")])
+def test_mlflow_draws_its_artifact_bars_only_where_ours_are_bars(mode, expected, repo_root, tmp_path):
+    # A real process as a command starts: prepare_environment, then MLflow reads its own switch.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
+    env.update(LABELSPACE_PROGRESS=mode, LABELSPACE_PARAMS=str(repo_root / "params.yaml"),
+               ZENML_CONFIG_PATH=str(tmp_path / "zenml"))
+    code = ("from labelspace.app import prepare_environment; prepare_environment(); "
+            "from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as v; print(v.get())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
