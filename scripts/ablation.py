@@ -276,10 +276,10 @@ def fine_tune_rows(rows, epochs, lrs, base, data, held, images, with_frozen, see
     labels, vectors, _, targets, splits = data
     val_idx = splits["val"]
     out = {}
+    settings = [dict(zip([key for key, _ in grid], combo, strict=True))
+                for combo in itertools.product(*[values for _, values in grid])]
     for name in rows:
         _, head, overrides, _ = ROWS[name]
-        settings = [dict(zip([key for key, _ in grid], combo, strict=True))
-                    for combo in itertools.product(*[values for _, values in grid])]
         for lr, frozen, seed, setting in itertools.product(lrs, (True, False) if with_frozen else (False,),
                                                            range(first_seed, first_seed + seeds), settings):
             row_parts = parts(base, head, {**overrides, **setting, "lr": lr, "epochs": epochs,

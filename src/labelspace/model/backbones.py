@@ -40,8 +40,8 @@ class Backbone(nn.Module):
         self.input_mean = mean
         self.input_std = std
         self.weights_file = weights_file
-        # The body's parameters in input order, stem first, one entry per stage (a plain list: the
-        # modules are registered once, through `body`).
+        # The body's modules grouped by stage in input order, stem first (a plain list: the modules
+        # are registered once, through `body`).
         self.stages = list(stages or [])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -56,7 +56,7 @@ class Backbone(nn.Module):
         expensive part of a CPU step at full resolution, is not computed at all."""
         if not 0 <= n <= len(self.stages):
             raise ValueError(f"model.frozen_stages must be between 0 and {len(self.stages)} for this backbone "
-                             f"(it has {len(self.stages)} stages, the stem first), got {n}")
+                             f"(its stages, the stem first), got {n}")
         for stage in self.stages[:n]:
             stage.requires_grad_(False)
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from labelspace.model.backbones import create_backbone
+from labelspace.model.backbones import Backbone, create_backbone
 
 OPEN_WORDS = ("raw", "absent", "standardized")
 
@@ -121,6 +121,18 @@ def _same_state(a: tuple, b: tuple) -> bool:
     return all(x is y and vx == vy for (x, vx), (y, vy) in zip(a[1], b[1], strict=True))
 
 
+def _backbone(name: str, pretrained: bool, weights_path: str | None, freeze_backbone: bool,
+              frozen_stages: int) -> Backbone:
+    """The backbone both heads share: wholly frozen (model.freeze_backbone), or trained end to end
+    with its first `frozen_stages` stages kept at their pretrained weights."""
+    backbone = create_backbone(name, pretrained=pretrained, weights_path=weights_path)
+    if freeze_backbone:
+        backbone.requires_grad_(False)
+    else:
+        backbone.freeze_stages(frozen_stages)
+    return backbone
+
+
 class LabelSpaceModel(nn.Module):
     """backbone -> Linear(features, k*d) -> A (B, k, d). Built through labelspace.model.spec.build_model."""
 
@@ -135,10 +147,10 @@ class LabelSpaceModel(nn.Module):
         freeze_backbone: bool,
         dropout: float,
         normalize: bool,
-        frozen_stages: int = 0,
         center_words: bool,
         learn_scale: bool,
         open_words: str = "raw",
+        frozen_stages: int = 0,
     ) -> None:
         super().__init__()
         self.k, self.d = k, d
@@ -160,13 +172,8 @@ class LabelSpaceModel(nn.Module):
         if learn_scale:
             self.log_scale = nn.Parameter(torch.zeros(()))  # D is multiplied by exp(log_scale)
         self.backbone_name = backbone
-        self.backbone = create_backbone(backbone, pretrained=pretrained, weights_path=weights_path)
-        self.freeze_backbone = freeze_backbone
-        self.frozen_stages = frozen_stages
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
-        else:
-            self.backbone.freeze_stages(frozen_stages)
+        self.freeze_backbone, self.frozen_stages = freeze_backbone, frozen_stages
+        self.backbone = _backbone(backbone, pretrained, weights_path, freeze_backbone, frozen_stages)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.num_features, k * d)
         # Scale the head so ||A w||^2 starts near ||w||^2 for unit-variance features: the margin
@@ -335,13 +342,8 @@ class BCEBaselineModel(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
-        self.backbone = create_backbone(backbone, pretrained=pretrained, weights_path=weights_path)
-        self.freeze_backbone = freeze_backbone
-        self.frozen_stages = frozen_stages
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
-        else:
-            self.backbone.freeze_stages(frozen_stages)
+        self.freeze_backbone, self.frozen_stages = freeze_backbone, frozen_stages
+        self.backbone = _backbone(backbone, pretrained, weights_path, freeze_backbone, frozen_stages)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.num_features, n_labels)
 
