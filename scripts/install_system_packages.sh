@@ -4,6 +4,7 @@ set -euo pipefail
 packages=()
 [ -d /usr/share/datasets/fashion-mnist ] || packages+=(dataset-fashion-mnist)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || packages+=(postgresql)  # `labelspace team up`
+[ -x /usr/sbin/mariadbd ] || packages+=(mariadb-server)  # `labelspace team up`: the ZenML server's database
 command -v chromium >/dev/null || packages+=(chromium)  # tests/test_card.py renders the model card headless
 compgen -G '/usr/lib/*/librsvg-2.so.2' >/dev/null || packages+=(librsvg2-2)  # renders the OpenMoji artwork (labelspace.data.svg)
 command -v npm >/dev/null || packages+=(npm)  # scripts/fetch_datasets.sh fetches the openmoji package from the npm registry
