@@ -1,5 +1,5 @@
-"""The process a CPU job trains in: the torch thread count for a shared CPU (the caller's choice wins, else
-the cores other jobs leave idle), a steady heap and a quiet garbage collector (labelspace.training.runtime)."""
+"""The process a CPU job trains in: the torch thread count (the caller's choice wins, else
+the cores of the process, or with $LABELSPACE_TORCH_THREADS=free the cores other jobs leave idle), a steady heap and a quiet garbage collector (labelspace.training.runtime)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,28 @@ def test_the_environment_and_the_caller_decide_before_the_probe(monkeypatch):
     monkeypatch.setenv(threads.THREADS_ENV, "none")
     with pytest.raises(ValueError, match="number of threads"):
         threads.choose_threads()
-    monkeypatch.setenv(threads.THREADS_ENV, "auto")
+    monkeypatch.setenv(threads.THREADS_ENV, "free")
     monkeypatch.setattr(threads, "_chosen_threads", None)
     monkeypatch.setattr(threads, "_free_cores", lambda cpus, seconds=0.3: 0.1)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     if threads.torch.get_num_threads() == threads._TORCH_DEFAULT_THREADS:
         assert threads.choose_threads() == 1  # no core free: one thread, never zero
+
+
+def test_the_default_count_is_the_cores_whatever_the_load(monkeypatch):
+    """auto never probes the load: two runs on one machine train at the same count."""
+    monkeypatch.setenv(threads.THREADS_ENV, "auto")
+    monkeypatch.setattr(threads, "_chosen_threads", None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    if threads.torch.get_num_threads() != threads._TORCH_DEFAULT_THREADS:
+        pytest.skip("the test process chose its own torch thread count")
+    cores = min(threads._TORCH_DEFAULT_THREADS, len(os.sched_getaffinity(0)))
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    try:
+        assert threads.choose_threads() == cores  # one core busy: the same count as on an idle machine
+    finally:
+        spin.kill()
+        spin.wait()
 
 
 _FAULTS_OF_BIG_BUFFERS = """

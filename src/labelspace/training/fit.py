@@ -189,7 +189,7 @@ def fit_head(
     seconds = {**result.seconds, "calibration": time.perf_counter() - start}
     trained = TrainedModel(spec=spec, labels=train_labels, label_vectors=vectors,
                            state_dict=result.model.state_dict(), history=result.history,
-                           calibration=calibration, provenance=backbone_provenance(result.model))
+                           calibration=calibration, provenance=training_provenance(result, train_config.seed))
     return FitResult(model=trained, resumed_from_epoch=result.resumed_from_epoch,
                      n_train_images=len(splits["train"]), n_val_images=len(splits["val"]), note=note,
                      threads=result.threads, seconds=seconds, processes=result.processes)
@@ -223,6 +223,16 @@ def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scor
         model.fit_open_words(torch.as_tensor(vectors), reference_outputs=model.from_features(feats.to(device)).float(),
                              offset=offset)
     return note
+
+
+def training_provenance(result, seed: int) -> dict:
+    """What the weights came from besides data and params, recorded in the bundle at training time: the
+    backbone's pretrained file, the seed, and the runtime (packages, device, threads; training.runtime)."""
+    from labelspace.training.runtime import describe_runtime, installed_packages
+
+    device = next(result.model.parameters()).device
+    return {**backbone_provenance(result.model), "seed": seed,
+            "runtime": describe_runtime(device, result.threads, result.processes), "packages": installed_packages()}
 
 
 def backbone_provenance(model: torch.nn.Module) -> dict[str, str | None]:

@@ -1,5 +1,6 @@
-"""The Python process a training loop runs in, made quiet: a steady heap and a garbage collector that
-leaves the autograd graph alone. Neither changes any arithmetic.
+"""The Python process a training loop runs in, made quiet (a steady heap and a garbage collector that
+leaves the autograd graph alone; neither changes any arithmetic), and described (`describe_runtime`:
+the packages, device and thread count the arithmetic does depend on, recorded with the weights).
 
 **Heap.** glibc serves a request above its mmap threshold with a fresh mmap and returns it to the
 kernel on free; the threshold starts at 128 KiB and adapts upward as such blocks are freed, but
@@ -85,3 +86,68 @@ def quiet_gc() -> Iterator[None]:
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+
+
+# ---------------------------------------------------------------- what the arithmetic depends on
+
+
+def installed_packages() -> dict[str, str]:
+    """{distribution name (lower case, '-' separated): version} of every package this interpreter sees."""
+    from importlib import metadata
+
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").strip().lower().replace("_", "-").replace(".", "-")
+        if name:
+            found.setdefault(name, dist.version)
+    return dict(sorted(found.items()))
+
+
+def packages_hash(packages: dict[str, str]) -> str:
+    """sha256 (16 hex digits) of `name==version` lines: equal exactly when the same versions are installed."""
+    import hashlib
+
+    return hashlib.sha256("".join(f"{n}=={v}\n" for n, v in sorted(packages.items())).encode()).hexdigest()[:16]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform module knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def describe_runtime(device, threads: int, processes: int = 1) -> dict[str, str]:
+    """What a training's weights depend on besides its inputs, every value a string: the exact torch,
+    torchvision, numpy and Python versions, a hash of every installed package, the device (CPU model,
+    GPU name, CUDA and cuDNN versions), the torch threads each process ran at and the processes."""
+    import platform
+
+    import numpy as np
+    import torch
+
+    try:
+        import torchvision
+
+        vision = torchvision.__version__
+    except ImportError:
+        vision = "none"
+    device = torch.device(device)
+    gpu = "none"
+    if device.type == "cuda" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(device)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": vision,
+        "numpy": np.__version__, "packages_hash": packages_hash(installed_packages()),
+        "device": device.type, "cpu": cpu_model(), "gpu": gpu,
+        "cuda": torch.version.cuda or "none", "cudnn": str(cudnn) if cudnn else "none",
+        "torch_threads": str(threads), "train_processes": str(processes),
+    }
