@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import atexit
 import importlib
-import logging
 import os
 import sys
 import threading
+
+from labelspace.app import telemetry_off
+from labelspace.console import configure_console_logging
 
 # name -> (module under labelspace.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,19 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from labelspace.app import telemetry_off
-
     telemetry_off()
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     args = build_parser().parse_args()
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    # A level on the handler too: libraries that log at DEBUG on their own loggers propagate here.
-    handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    logging.basicConfig(level=handler.level, handlers=[handler])
-    # The package's own records (one line per epoch, per stage) pass whatever level ZenML gives the root.
-    logging.getLogger("labelspace").setLevel(handler.level)
+    configure_console_logging(args.verbose)
     module = importlib.import_module(f"labelspace.cli.{COMMANDS[args.command][0]}")
     try:
         return int(module.run_cli(args) or 0)

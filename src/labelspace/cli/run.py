@@ -18,14 +18,13 @@ def run_cli(args: argparse.Namespace) -> int:
 
     prepare_environment()
     config = load_config()  # checked whole before any step runs
-    from labelspace.evaluation.report import metrics_table
     from labelspace.lifecycle.tracking import tracking_uri
     from labelspace.pipelines.run import run_training
 
     # Read before the pipeline: ZenML's MLflow tracker ends each step with mlflow.set_tracking_uri(""),
     # which leaves MLFLOW_TRACKING_URI empty in this process (a team's server would read as local sqlite).
     uri = tracking_uri(config.root)
-    report = run_training(config, dataset=args.dataset, vectors=args.vectors, no_cache=args.no_cache)
-    print("\n" + metrics_table(report))
+    # The evaluate step printed the metrics table; `labelspace report` prints it again.
+    run_training(config, dataset=args.dataset, vectors=args.vectors, no_cache=args.no_cache)
     print(f"\nMLflow: {uri}")
     return 0

@@ -3,6 +3,7 @@ the steps that asks ZenML): the BCE baseline a registered version was trained be
 
 from __future__ import annotations
 
+from labelspace.console import keep_one_console_handler
 from labelspace.model.bundle import TrainedModel
 
 
@@ -17,6 +18,7 @@ def load_baseline(tags: dict[str, str]) -> tuple[TrainedModel | None, str]:
         prepare_environment()
         from zenml.client import Client
 
+        keep_one_console_handler()  # importing ZenML added its own
         step = Client().get_pipeline_run(run_id).steps["train_baseline"]
         artifact = step.outputs["model"]
         model = (artifact[0] if isinstance(artifact, list) else artifact).load()

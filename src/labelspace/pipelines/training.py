@@ -75,7 +75,7 @@ def training_pipeline(
         open_vocabulary_size=register_config.open_vocabulary_size,
     )
     registered = register(model=labelspace_model, metrics=metrics, prepared_data=data, vectors_path=vectors_path,
-                          vectors_version=vectors_version, params_hash=params_hash, register=register_config,
+                          vectors_version=vectors_version, params_hash=params_hash, register_config=register_config,
                           project_root=project_root)
     # The registry is the gate's state (who is champion): never taken from ZenML's cache.
     gate.with_options(enable_cache=False)(

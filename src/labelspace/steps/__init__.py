@@ -3,6 +3,8 @@
 import logging
 from pathlib import Path
 
+from labelspace.console import keep_one_console_handler
+
 
 class _DropFastaiAutologWarning(logging.Filter):
     """ZenML's MLflow tracker disables the autologging of a fixed list of frameworks after every step,
@@ -32,3 +34,5 @@ def use_package_as_source_root() -> None:
 
 # ZenML resolves a step's materializers when the step is defined: the source root must be set first.
 use_package_as_source_root()
+# Importing ZenML put its console handler on the root logger: under a command, labelspace's is the one.
+keep_one_console_handler()
