@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lock system-packages datasets test test-fast run lint bench clean team-up team-down
+.PHONY: setup lock system-packages datasets test test-fast run lint bench clean team-up team-down team-backup
 
 setup: $(STAMP)
 
@@ -56,13 +56,19 @@ lint: setup
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-# The team stack under .team/ (docs/team-server.md): PostgreSQL, moto S3, MLflow with basic auth.
+# The team stack under .team/ (docs/team-server.md): PostgreSQL, SeaweedFS S3, MLflow with basic auth.
 # Options through TEAM_ARGS, e.g. make team-up TEAM_ARGS="--mlflow-port 5000 --upgrade-db".
 team-up: setup
-	$(BIN)/python -m labelspace.deploy.team up $(TEAM_ARGS)
+	$(BIN)/labelspace team up $(TEAM_ARGS)
 
 team-down:
-	$(BIN)/python -m labelspace.deploy.team down $(TEAM_ARGS)
+	$(BIN)/labelspace team down $(TEAM_ARGS)
+
+# A backup of the running stack into ~/labelspace-team-backups/DATE-TIME/ (or TEAM_BACKUP=DIR), outside the
+# repository since it holds the stack's secrets; docs/team-server.md has the nightly job.
+TEAM_BACKUP ?= $(HOME)/labelspace-team-backups/$(shell date +%Y%m%d-%H%M%S)
+team-backup:
+	$(BIN)/labelspace team backup --out $(TEAM_BACKUP) $(TEAM_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

