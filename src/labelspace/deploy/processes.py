@@ -27,8 +27,9 @@ from typing import Any
 from labelspace.app import TELEMETRY_OFF
 
 HOST = "127.0.0.1"
-LABELS = {"postgres": "PostgreSQL", "s3": "S3 (SeaweedFS)", "mlflow": "MLflow"}
-START_TIMEOUT_S = {"postgres": 60, "s3": 60, "mlflow": 240}
+LABELS = {"postgres": "PostgreSQL", "s3": "S3 (SeaweedFS)", "mlflow": "MLflow", "mariadb": "MariaDB",
+          "zenml": "ZenML server"}
+START_TIMEOUT_S = {"postgres": 60, "s3": 60, "mlflow": 240, "mariadb": 60, "zenml": 240}
 STOP_TIMEOUT_S = 30
 
 # Processes started by this Python process, so that they can be reaped after being stopped.
