@@ -15,7 +15,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 LINEAGE_TAGS = ("data.dataset_version", "data.vectors_version", "code.git_commit", "code.git_dirty", "params.hash",
-                "zenml.run_id", "model.backbone", "model.weights_hash")
+                "zenml.run_id", "model.backbone", "backbone.pretrained_hash", "model.content_hash")
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def build_and_log(tmp: Path, experiment: str, zenml_run_id: str) -> SimpleNamesp
         )
     tags = lineage_tags(
         dataset_version="md5:dataset-abc", vectors_version="md5:vectors-def", params_hash="0123456789abcdef",
-        zenml_run_id=zenml_run_id, backbone="efficientnet_lite0", weights_hash="feedbeef",
+        zenml_run_id=zenml_run_id, backbone="efficientnet_lite0", pretrained_hash="feedbeef",
         repo_root=Path(__file__).resolve().parents[1], zenml_model_version="3",
     )
     return SimpleNamespace(info=info, tags=tags)
@@ -165,7 +165,7 @@ def test_code_version_reads_commit_and_dirty_flag(tmp_path):
 
 def test_lineage_tags_are_complete_strings(tmp_path):
     tags = lineage_tags(dataset_version="d1", vectors_version=None, params_hash="p", zenml_run_id="r",
-                        backbone="alexnet", weights_hash="w", repo_root=tmp_path, extra={"train.epochs": 3})
+                        backbone="alexnet", pretrained_hash="w", repo_root=tmp_path, extra={"train.epochs": 3})
     assert set(LINEAGE_KEYS) <= set(tags)
     assert all(isinstance(v, str) and v for v in tags.values())
     assert tags["data.vectors_version"] == "unknown" and tags["train.epochs"] == "3"

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rollback": ("rollback", "champion back to the previous champion, recorded in the history"),
     "history": ("history", "the moves of champion in order: when, which version, who or what, why"),
     "audit": ("audit", "what produced a version; --diff A B; --dataset-version HASH"),
+    "reproduce": ("reproduce", "retrain a version from its lineage in isolation and say whether the weights match"),
     "analyze": ("analyze", "the paper's analyses of a registered version, logged to its MLflow run"),
     "card": ("card", "the model card (Markdown and HTML) of a registered version, logged to its run"),
     "team": ("team", "run the team stack (PostgreSQL, S3, MLflow with logins) under .team/"),

@@ -4,7 +4,9 @@ Everything is read from the registry and the tracking backend (so it works the s
 team's server), plus the project's git history for the commit whose dvc.lock pins the data:
 
 * `audit(model, "3" | "@champion")`: the version, its lineage tags (data and vectors DVC hashes, code
-  commit and dirty flag, source hash, params hash, ZenML run and model version, weights), the
+  commit and dirty flag, source hash, params hash and path, ZenML run and model version, the backbone's
+  pretrained file and the trained weights' hashes, the seed), the environment it trained in (`env.*`:
+  packages, lock file, threads, device), its last reproduction (`reproduced.*`), the
   dvc.lock/git commit that pins its data, params.yaml itself (the run's `params/params.yaml`), its
   test metrics, every gate decision about it and every champion move that involved it;
 * `diff(model, a, b)`: params, lineage and metrics side by side, only what differs;
@@ -26,7 +28,7 @@ from labelspace.lifecycle import history
 from labelspace.lifecycle.registry import _quoted, resolve_version
 from labelspace.lifecycle.retry import client as mlflow_client
 
-LINEAGE_PREFIXES = ("data.", "code.", "params.", "project.", "zenml.", "model.")
+LINEAGE_PREFIXES = ("data.", "code.", "params.", "project.", "zenml.", "model.", "backbone.", "seed.")
 PARAMS_ARTIFACT = "params/params.yaml"
 
 
@@ -97,6 +99,8 @@ def audit(model_name: str, ref: str, *, project_root: Path | None = None) -> dic
         "model": model_name, "version": number, "status": v.status, "created": _time(v.creation_timestamp),
         "aliases": sorted(v.aliases or []), "description": v.description, "run_id": v.run_id, "source": v.source,
         "lineage": {k: tags[k] for k in sorted(tags) if k.startswith(LINEAGE_PREFIXES)},
+        "environment": {k: tags[k] for k in sorted(tags) if k.startswith("env.")},
+        "reproduced": {k: tags[k] for k in sorted(tags) if k.startswith("reproduced.")},
         "data_pins": {key: data_pins(project_root, tags[key], commit)
                       for key in ("data.dataset_version", "data.vectors_version") if key in tags},
         "params": run_params(client, v.run_id),
@@ -127,7 +131,7 @@ def diff(model_name: str, a: str, b: str, *, project_root: Path | None = None) -
         pa, pb = _flat(left["params"]), _flat(right["params"])
         out["params"] = [{"key": k, "a": pa.get(k), "b": pb.get(k)} for k in sorted(set(pa) | set(pb))
                          if pa.get(k) != pb.get(k)]
-    la, lb = left["lineage"], right["lineage"]
+    la, lb = {**left["lineage"], **left["environment"]}, {**right["lineage"], **right["environment"]}
     out["lineage"] = [{"key": k, "a": la.get(k), "b": lb.get(k)} for k in sorted(set(la) | set(lb))
                       if la.get(k) != lb.get(k) and not k.startswith("zenml.")]
     ma, mb = left["metrics"], right["metrics"]
@@ -176,7 +180,12 @@ def format_audit(a: dict[str, Any]) -> str:
     aliases = ", ".join(f"@{x}" for x in a["aliases"]) or "none"
     lines = [f"{a['model']} version {a['version']}: {a['status']}, registered {a['created']}, aliases {aliases}",
              f"  run {a['run_id']}  ({a['description'] or 'no description'})"]
-    lines += _section("lineage", a["lineage"])
+    lines += _section("lineage (model.content_hash: the trained weights; backbone.pretrained_hash: the file "
+                      "training started from)", a["lineage"])
+    lines += _section("environment it trained in", a.get("environment") or
+                      ["not recorded (registered before env.* tags)"])
+    lines += _section("last reproduction (labelspace reproduce)", a.get("reproduced") or
+                      [f"never reproduced: labelspace reproduce {a['version']}"])
     for key, pins in a["data_pins"].items():
         rows = {k: (json.dumps(v) if not isinstance(v, str) else v) for k, v in pins.items()}
         lines += _section(f"{key} pinned by", rows)
@@ -196,7 +205,7 @@ def format_audit(a: dict[str, Any]) -> str:
 
 def format_diff(d: dict[str, Any]) -> str:
     lines = [f"{d['model']}: version {d['a']} -> version {d['b']}"] + [f"  note: {n}" for n in d["notes"]]
-    for title, rows in (("params", d["params"]), ("data and code", d["lineage"])):
+    for title, rows in (("params", d["params"]), ("data, code and environment", d["lineage"])):
         lines += _section(title, [f"{r['key']}: {json.dumps(r['a'])} -> {json.dumps(r['b'])}" for r in rows])
     lines += _section("metrics", [f"{r['key']}: {r['a']:.4f} -> {r['b']:.4f} ({r['delta']:+.4f})" for r in d["metrics"]])
     return "\n".join(lines)

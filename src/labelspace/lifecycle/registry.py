@@ -110,7 +110,7 @@ def register_trained_model(
     """Log `model` (a label-space TrainedModel) as the served pyfunc in the active run and register
     it as `register.alias` (config.RegisterConfig) with every lineage tag; nothing when a version
     already holds the same weights. `package()` gives (open vocabulary, input example image)."""
-    from labelspace.lifecycle.lineage import lineage_tags
+    from labelspace.lifecycle.lineage import lineage_tags, record_on_run, recorded_params
     from labelspace.lifecycle.versions import source_hash
     from labelspace.serving.pyfunc import log_labelspace_model
 
@@ -121,15 +121,18 @@ def register_trained_model(
         print(f"{name} version {existing.version} already holds these weights: nothing registered")
         return {"name": name, "version": str(existing.version), "new": False}
     top3 = metrics.get("labelspace", {}).get("top3", {})
+    params = recorded_params(repo_root, params_hash)  # (file, contents) unless it changed since the run read it
     tags = lineage_tags(
         dataset_version=dataset_version, vectors_version=vectors_version, params_hash=params_hash,
         zenml_run_id=zenml_run_id, backbone=model.spec.backbone,
-        weights_hash=model.provenance.get("weights_hash"), repo_root=repo_root,
+        pretrained_hash=model.provenance.get("weights_hash"), repo_root=repo_root,
+        provenance=model.provenance, params_file=params[0] if params else None,
         zenml_model_name=zenml_model[0] if zenml_model else None,
         zenml_model_version=zenml_model[1] if zenml_model else None,
         extra={"model.content_hash": content_hash, "code.source_hash": source_hash(),
                **{f"metrics.top3.{k}": f"{top3[k]:.4f}" for k in ("C-F1", "O-F1") if k in top3}},
     )
+    record_on_run(tags, packages=model.provenance.get("packages"), params=params[1] if params else None)
     open_vocabulary, example = package()
     info = log_labelspace_model(model, open_vocabulary=open_vocabulary, input_example_image=example)
     version = register_model(info.model_uri, model_name=name, alias=alias, tags=tags,
