@@ -39,7 +39,8 @@ import bench_train  # noqa: E402  (the shared work folder, pipeline run and bare
 from labelspace.config import load_config  # noqa: E402
 from labelspace.model.networks import LabelSpaceModel  # noqa: E402
 from labelspace.model.spec import ModelSpec  # noqa: E402
-from labelspace.training.loop import compute_loss, loss_scale, make_scheduler  # noqa: E402
+from labelspace.training.loop import make_scheduler  # noqa: E402
+from labelspace.training.loss import compute_loss, loss_scale  # noqa: E402
 
 
 class Sampler:

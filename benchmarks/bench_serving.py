@@ -50,8 +50,8 @@ from labelspace.data.preprocess import build_image_arrays, decode_resized, load_
 from labelspace.data.sample import build_sample
 from labelspace.data.splits import split_indices
 from labelspace.data.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
+from labelspace.model.inference import to_input
 from labelspace.training.fit import fit_head, held_out_for
-from labelspace.training.loop import to_input
 from labelspace.training.threads import choose_threads
 
 REPO = Path(__file__).resolve().parents[1]

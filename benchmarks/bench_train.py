@@ -59,7 +59,8 @@ from labelspace.data.word_vectors import export_glove
 from labelspace.model.networks import LabelSpaceModel
 from labelspace.model.spec import ModelSpec
 from labelspace.training.fit import held_out_for, training_labels
-from labelspace.training.loop import compute_loss, loss_scale, make_scheduler
+from labelspace.training.loop import make_scheduler
+from labelspace.training.loss import compute_loss, loss_scale
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = "labelspace_training"

@@ -43,10 +43,11 @@ from labelspace.evaluation.open_vocabulary import (  # noqa: E402
     open_vocabulary_words,
 )
 from labelspace.evaluation.zero_shot import generalized_zero_shot_metrics, zero_shot_metrics  # noqa: E402
+from labelspace.model.inference import extract_features, scores_from_features  # noqa: E402
 from labelspace.model.networks import LabelSpaceModel  # noqa: E402
 from labelspace.model.spec import ModelSpec, build_model  # noqa: E402
 from labelspace.training.fit import held_out_for, training_labels  # noqa: E402
-from labelspace.training.loop import extract_features, scores_from_features, train_model  # noqa: E402
+from labelspace.training.loop import train_model  # noqa: E402
 
 LR_GRID = (1e-3, 3e-3, 1e-2)
 PAPER = dict(normalize=False, center_words=False, learn_scale=False, variant="paper", margin=1.0,

@@ -31,7 +31,7 @@ def measure(folder: Path, k: int) -> list[dict]:
     from labelspace.data.splits import split_indices, target_matrix
     from labelspace.evaluation.calibration import calibrated_probabilities
     from labelspace.evaluation.report import evaluate_scores
-    from labelspace.training.loop import extract_features, resolve_device, scores_from_features
+    from labelspace.model.inference import extract_features, resolve_device, scores_from_features
 
     runs = Client().list_pipeline_runs(sort_by="desc:created", size=1).items
     if not runs:

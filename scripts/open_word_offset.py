@@ -35,8 +35,9 @@ from labelspace.evaluation.open_vocabulary import (  # noqa: E402
     open_vocabulary_words,
 )
 from labelspace.evaluation.zero_shot import generalized_zero_shot_metrics  # noqa: E402
+from labelspace.model.inference import scores_from_features  # noqa: E402
 from labelspace.training.fit import held_out_for, training_labels  # noqa: E402
-from labelspace.training.loop import scores_from_features, train_model  # noqa: E402
+from labelspace.training.loop import train_model  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from labelspace.evaluation import analysis
 from labelspace.evaluation.analysis_run import committee_text, diversity_text, sweep_text, write_analysis
-from labelspace.training.loop import extract_features, scores_from_features
+from labelspace.model.inference import extract_features, scores_from_features
 
 
 @pytest.fixture(scope="module")

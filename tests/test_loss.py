@@ -198,7 +198,7 @@ def test_sigmoid_loss_is_bce_of_the_distance_below_the_threshold_over_every_labe
 def test_the_sigmoid_variant_trains_through_compute_loss_and_lowers_positive_distances():
     from labelspace.config import LossConfig
     from labelspace.model.spec import ModelSpec
-    from labelspace.training.loop import compute_loss
+    from labelspace.training.loss import compute_loss
 
     torch.manual_seed(0)
     model = LabelSpaceModel(backbone="efficientnet_lite0", k=4, d=8, pretrained=True, freeze_backbone=True, dropout=0.0,
@@ -229,8 +229,7 @@ def test_the_sigmoid_variant_trains_through_compute_loss_and_lowers_positive_dis
 def test_the_shares_of_two_data_parallel_ranks_sum_to_the_loss_of_one_process(variant):
     from labelspace.config import LossConfig
     from labelspace.model.spec import ModelSpec
-    from labelspace.training.loop import compute_loss
-    from labelspace.training.worker import shard_loss
+    from labelspace.training.loss import compute_loss, shard_loss
 
     torch.manual_seed(1)
     model = LabelSpaceModel(backbone="efficientnet_lite0", k=4, d=8, pretrained=True, freeze_backbone=True, dropout=0.0,

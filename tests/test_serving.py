@@ -24,9 +24,9 @@ from labelspace.data.preprocess import decode_resized
 from labelspace.data.word_vectors import export_glove, load_word_vectors, resolve_label_vectors
 from labelspace.lifecycle.tracking import ensure_experiment
 from labelspace.model.bundle import TrainedModel
+from labelspace.model.inference import to_input
 from labelspace.serving.errors import ServingError
 from labelspace.serving.pyfunc import image_to_base64, log_labelspace_model, write_model_artifacts
-from labelspace.training.loop import to_input
 
 FASHION_TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 LABELS = ["dress", "shirt", "bag", "coat"]

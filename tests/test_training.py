@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from labelspace.data.splits import split_indices, target_matrix
-from labelspace.training.loop import predict_scores, train_model
+from labelspace.model.inference import predict_scores
+from labelspace.training.loop import train_model
 
 MODEL = {"k": 4, "freeze_backbone": True}
 TRAIN = {"epochs": 4, "batch_size": 16, "lr": 1e-3, "mirror": True, "seed": 3}

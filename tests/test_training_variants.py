@@ -8,9 +8,10 @@ import torch
 
 from labelspace.data.splits import split_indices, target_matrix
 from labelspace.model.bundle import TrainedModel
+from labelspace.model.inference import extract_features
 from labelspace.model.spec import ModelSpec, build_model
-from labelspace.training.loop import compute_loss, extract_features, train_model
-from labelspace.training.loss import hinge_rank_loss, threshold_loss
+from labelspace.training.loop import train_model
+from labelspace.training.loss import compute_loss, hinge_rank_loss, threshold_loss
 
 VARIANT_MODEL = {"normalize": True, "center_words": True, "learn_scale": True}
 VARIANT_LOSS = {"variant": "pairwise", "margin": 0.1, "threshold": 0.1, "threshold_weight": 1.0, "units": "absolute"}

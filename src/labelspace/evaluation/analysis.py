@@ -160,8 +160,7 @@ def label_confusion(predicted: np.ndarray, targets: np.ndarray, labels: list[str
 def per_image_loss(model: torch.nn.Module, spec, loss_config: LossConfig, feats: torch.Tensor,
                    targets: np.ndarray, label_vectors: np.ndarray | None) -> np.ndarray:
     """(N,): each image's training loss alone, with every negative (no sampling, so it is deterministic)."""
-    from labelspace.training.loop import compute_loss
-    from labelspace.training.loss import loss_scale
+    from labelspace.training.loss import compute_loss, loss_scale
 
     device = next(model.parameters()).device
     model.eval()

@@ -26,8 +26,9 @@ from labelspace.data.splits import split_indices, target_matrix
 from labelspace.evaluation import analysis, analysis_plots, plots
 from labelspace.evaluation.metrics import per_class_f1, topk_metrics
 from labelspace.model.bundle import TrainedModel
+from labelspace.model.inference import extract_features, resolve_device, scores_from_features
 from labelspace.model.spec import ModelSpec
-from labelspace.training.loop import extract_features, resolve_device, scores_from_features, train_model
+from labelspace.training.loop import train_model
 
 SWEEP_COLUMNS = ("k", *(f"top{t}_{key}" for t in (3, 5) for key in analysis.COMMITTEE_KEYS), "train_seconds")
 HISTORY_KEYS = ("loss", "val_mAP", "val_top3_C-F1", "val_top3_O-F1")

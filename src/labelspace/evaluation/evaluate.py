@@ -8,11 +8,13 @@ held-out labels beside exact chance, and what was evaluated. No ZenML and no MLf
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from labelspace.config import EvaluateConfig
 from labelspace.data.splits import split_indices, target_matrix
@@ -27,8 +29,8 @@ from labelspace.evaluation.open_vocabulary import (
 from labelspace.evaluation.report import evaluate_scores
 from labelspace.evaluation.zero_shot import generalized_zero_shot_metrics, zero_shot_metrics
 from labelspace.model.bundle import TrainedModel
+from labelspace.model.inference import extract_features, resolve_device, scores_from_features
 from labelspace.training.fit import HeldOut
-from labelspace.training.loop import extract_features, resolve_device, scores_from_features
 
 HEADS = ("labelspace", "bce")
 
@@ -65,20 +67,20 @@ def evaluate_models(
                                                  "concept of this dataset"}
     for name in HEADS:
         trained = models[name]
-        model = trained.build().to(dev)
-        feats = extract_features(model, images, test_idx, dev, feature_batch_size, desc=f"{name} test features")
-        scores = scores_from_features(model, feats, trained.label_vectors, dev)
-        targets = target_matrix(manifest.iloc[test_idx], trained.labels)
-        report[name] = evaluate_scores(scores, targets, ks, trained.calibration)
+        scored = score_test_split(trained, manifest, images, test_idx, ks, dev, feature_batch_size,
+                                  desc=f"{name} test features")
+        scores, targets = scored.scores, scored.targets
+        report[name] = scored.report
         f1_bars[name] = per_class_f1(scores, targets, ks[0])
         if trained.calibration:
             reliability[name] = (calibrated_probabilities(scores, trained.calibration), targets)
         if name == "labelspace" and zero_shot_labels:
-            report["zero_shot"] = _zero_shot(model, feats, manifest.iloc[test_idx], labels, label_vectors,
-                                             zero_shot_labels, dev, ks)
+            report["zero_shot"] = zero_shot_report(scored.network, scored.features, manifest.iloc[test_idx], labels,
+                                                   label_vectors, zero_shot_labels, dev, ks)
         if name == "labelspace" and open_vocabulary is not None:
             words, vectors = open_vocabulary_words(labels, *open_vocabulary)
-            nearest = nearest_words(model, feats, np.concatenate([label_vectors, vectors]), dev, max(5, *ks))
+            nearest = nearest_words(scored.network, scored.features, np.concatenate([label_vectors, vectors]), dev,
+                                    max(5, *ks))
             report["open_vocabulary"] = open_vocabulary_metrics(
                 nearest, labels, target_matrix(manifest.iloc[test_idx], labels), words, zero_shot_labels, (1, 5))
     if held_out.not_concepts:
@@ -98,10 +100,36 @@ def evaluate_models(
     return report, figures
 
 
-def _zero_shot(model, feats, test_rows: pd.DataFrame, labels: list[str], label_vectors: np.ndarray,
-               held_out: list[str], device, ks: tuple[int, ...]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TestScores:
+    """A trained head on the test split: its network and the test images' backbone features (ranked
+    again for zero-shot and open-vocabulary words), the scores and 0/1 targets of its own labels, and
+    their report (labelspace.evaluation.report.evaluate_scores)."""
+
+    network: torch.nn.Module
+    features: torch.Tensor
+    scores: np.ndarray
+    targets: np.ndarray
+    report: dict[str, Any]
+
+
+def score_test_split(trained: TrainedModel, manifest: pd.DataFrame, images: np.ndarray, test_idx: np.ndarray,
+                     ks: tuple[int, ...], device: torch.device, feature_batch_size: int = 128, *,
+                     desc: str = "test features") -> TestScores:
+    """`trained` scored on images[test_idx] over its own labels: how `evaluate_models` scores each head,
+    and the gate the champion (labelspace.lifecycle.scoring), so that both compare like with like."""
+    network = trained.build().to(device)
+    feats = extract_features(network, images, test_idx, device, feature_batch_size, desc=desc)
+    scores = scores_from_features(network, feats, trained.label_vectors, device)
+    targets = target_matrix(manifest.iloc[test_idx], trained.labels)
+    return TestScores(network, feats, scores, targets, evaluate_scores(scores, targets, ks, trained.calibration))
+
+
+def zero_shot_report(model, feats, test_rows: pd.DataFrame, labels: list[str], label_vectors: np.ndarray,
+                     held_out: list[str], device, ks: tuple[int, ...]) -> dict[str, Any]:
     """ZSL (the held-out labels ranked alone: top-1, and top-k for each k below their number) and, under "gzsl", GZSL (every concept ranked
-    together; the held-out labels' top-k and mAP), each beside exact chance."""
+    together; the held-out labels' top-k and mAP), each beside exact chance. `feats` are the backbone
+    features of `test_rows`' images; with no held-out label among them, "n_images" is 0 and a note says so."""
     scores = scores_from_features(model, feats, label_vectors, device)
     targets = target_matrix(test_rows, labels)
     rows = [labels.index(label) for label in held_out]

@@ -42,33 +42,28 @@ def score_label_space(model: TrainedModel, manifest: pd.DataFrame, images: np.nd
                       device: str = "auto") -> Scored:
     """The label space's test-split report on `manifest`/`images` (every concept of the dataset in
     `concepts`, their word vectors in `concept_vectors`; `held_out` ranked alone for zero-shot)."""
-    from labelspace.data.splits import split_indices, target_matrix
-    from labelspace.evaluation.report import evaluate_scores
-    from labelspace.evaluation.zero_shot import zero_shot_metrics
-    from labelspace.training.loop import extract_features, resolve_device, scores_from_features
+    from labelspace.data.splits import split_indices
+    from labelspace.evaluation.evaluate import score_test_split, zero_shot_report
+    from labelspace.model.inference import resolve_device
 
     missing = [label for label in model.labels if label not in concepts]
     if missing:
         return Scored(None, f"it was trained on label(s) this dataset lacks ({', '.join(missing)})")
     test_idx = split_indices(manifest)["test"]
     dev = resolve_device(device)
-    network = model.build().to(dev)
-    feats = extract_features(network, images, test_idx, dev, feature_batch_size, desc="champion test features")
-    scores = scores_from_features(network, feats, model.label_vectors, dev)
-    targets = target_matrix(manifest.iloc[test_idx], model.labels)
-    report: dict[str, Any] = {"labelspace": evaluate_scores(scores, targets, tuple(top_k), model.calibration)}
+    scored = score_test_split(model, manifest, images, test_idx, tuple(top_k), dev, feature_batch_size,
+                              desc="champion test features")
+    report: dict[str, Any] = {"labelspace": scored.report}
     notes = []
     zero_shot = [label for label in held_out if label in concepts]
     trained_on = [label for label in zero_shot if label in model.labels]
     if trained_on:
         notes.append(f"it was trained on the held-out label(s) {', '.join(trained_on)}: no zero-shot figures")
     elif zero_shot:
-        rows = [concepts.index(label) for label in zero_shot]
-        zs_scores = scores_from_features(network, feats, concept_vectors[rows], dev)
-        zs_targets = target_matrix(manifest.iloc[test_idx], zero_shot)
-        if zs_targets.any():
-            report["zero_shot"] = {"model": "labelspace", **zero_shot_metrics(zs_scores, zs_targets, zero_shot, k=1,
-                                                                            more_ks=top_k)}
+        figures = zero_shot_report(scored.network, scored.features, manifest.iloc[test_idx], concepts,
+                                   concept_vectors, zero_shot, dev, tuple(top_k))
+        if figures["n_images"]:  # no test image holds a held-out label: no zero-shot figures to compare
+            report["zero_shot"] = figures
     if reference_labels is not None and set(model.labels) != set(reference_labels):
         notes.append(f"its {len(model.labels)} trained labels differ from the challenger's {len(reference_labels)}")
     return Scored(report, "; ".join(notes) or None)

@@ -60,12 +60,12 @@ from labelspace.config import ServingConfig
 from labelspace.data.word_vectors import resolve_label
 from labelspace.evaluation.calibration import calibrated_probabilities, label_offsets
 from labelspace.model.bundle import TrainedModel
+from labelspace.model.inference import to_input
 from labelspace.model.networks import Vocabulary
 from labelspace.serving.errors import ServingError, guard_scoring_server, in_scoring_server, too_large
 from labelspace.serving.images import IMAGE_COLUMN, decode, image_to_base64, read_image
 from labelspace.serving.limits import READ_FILES_ENV, file_root, serving_limits
 from labelspace.serving.request import DEFAULT_TOP_K, OUTPUT_COLUMNS, empty_result, image_values, parse_params
-from labelspace.training.loop import to_input
 
 __all__ = ["IMAGE_COLUMN", "OUTPUT_COLUMNS", "READ_FILES_ENV", "LabelSpacePyfunc", "image_to_base64",
            "log_labelspace_model", "model_signature", "parse_params", "write_model_artifacts"]

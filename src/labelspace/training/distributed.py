@@ -1,16 +1,18 @@
-"""Data-parallel training (train.devices x train.nodes > 1): the caller's side, and the launcher.
+"""Data-parallel training (train.devices x train.nodes > 1): the caller's side, and the job folder.
 
 `train_model` hands a run with more than one process to `train_distributed`, which
 1. writes a job folder: `job.pkl` with everything `train_model` got (memory-mapped images and
    shards travel by reference, `JobPickler`; large in-memory arrays as .npy files beside it) and
    `job.json` with the launch settings;
-2. starts `python -m labelspace.training.distributed JOB` in its own session: a small launcher
+2. starts `python -m labelspace.training.launcher JOB` in its own session: a small launcher
    process that calls torch's elastic launcher (`torch.distributed.launcher.api.elastic_launch`, what
-   `torchrun` runs) with `python -m labelspace.training.worker JOB` as the binary entry point,
-   c10d rendezvous on 127.0.0.1 and a free port, no restarts;
+   `torchrun` runs), which forks the ranks (labelspace.training.worker, each running the one
+   training loop of labelspace.training.loop), c10d rendezvous on 127.0.0.1 and a free port, no
+   restarts;
 3. while it runs, reads the per-epoch records rank 0 appends to `events.jsonl` and calls `on_epoch`
    with each, here: only this process talks to MLflow or ZenML;
-4. loads rank 0's `result.pt` into a `TrainResult`, as one process would have returned it.
+4. returns rank 0's `result.pt`, from which `train_model` makes the `TrainResult` one process
+   would have returned.
 
 Why a launcher process instead of elastic_launch here or a bare torchrun subprocess: elastic_launch
 writes os.environ and installs signal handlers in the process that calls it (a ZenML step, a test
@@ -44,10 +46,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from labelspace.config import LossConfig, TrainConfig
+from labelspace.config import TrainConfig
 from labelspace.data.shards import ShardedImages
-from labelspace.model.spec import ModelSpec, build_model
-from labelspace.training.loop import TrainResult, checkpoint_path, resolve_device
+from labelspace.model.inference import resolve_device
+from labelspace.training.checkpoints import checkpoint_path, load_checkpoint
+from labelspace.training.threads import choose_threads
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ def read_job(folder: str | os.PathLike) -> dict[str, Any]:
         return JobUnpickler(f).load()
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -144,16 +147,13 @@ def _free_port() -> int:
 # ---------------------------------------------------------------- the caller's side
 
 
-def train_distributed(spec: ModelSpec, loss_config: LossConfig, config: TrainConfig, images, targets: np.ndarray,
-                      train_idx: np.ndarray, label_vectors: np.ndarray, *, pretrained: bool = True,
-                      weights_path: str | None = None, data_key: str = "", resume: bool = True,
-                      checkpoint_dir: str | os.PathLike | None = None,
-                      on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-                      validate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
-                      features: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> TrainResult:
-    """`train_model` on train.devices x train.nodes processes (see the module doc); same arguments,
-    same result."""
+def train_distributed(job: dict[str, Any], on_epoch: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any]:
+    """`train_model`'s arguments (`job`, all but `on_epoch`) trained on train.devices x train.nodes
+    processes (see the module doc). Returns rank 0's result: the weights ("model", a state_dict),
+    "history", "resumed_from_epoch", "skipped_images", "threads", "seconds" and "checkpoint" (its
+    path or None); a finished checkpoint's without starting any process."""
     started = time.perf_counter()
+    spec, config, checkpoint_dir = job["spec"], job["config"], job["checkpoint_dir"]
     processes = config.devices * config.nodes
     device = resolve_device(config.device)
     if device.type == "cuda" and config.devices > torch.cuda.device_count():
@@ -167,22 +167,19 @@ def train_distributed(spec: ModelSpec, loss_config: LossConfig, config: TrainCon
     ckpt = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir).resolve()
-        ckpt = checkpoint_path(checkpoint_dir, spec, loss_config, config, pretrained, weights_path, data_key)
-        finished = _finished(ckpt, config, spec, pretrained, weights_path, device) if resume else None
+        ckpt = checkpoint_path(checkpoint_dir, spec, job["loss_config"], config, job["pretrained"],
+                               job["weights_path"], job["data_key"])
+        finished = _finished(ckpt, config, spec) if job["resume"] else None
         if finished is not None:  # nothing left to train: no processes to start
             return finished
     threads = _worker_threads(device, config.devices)
-    job = {"spec": spec, "loss_config": loss_config, "config": config, "images": images, "targets": targets,
-           "train_idx": train_idx, "label_vectors": label_vectors, "pretrained": pretrained,
-           "weights_path": weights_path, "data_key": data_key, "resume": resume,
-           "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
-           "validate": validate, "features": features}
+    job = {**job, "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None}
     root = checkpoint_dir / ".distributed" if checkpoint_dir is not None else None
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"{spec.head}-", dir=root))
     try:
-        _write_job(folder, job, validate)
+        _write_job(folder, job, job["validate"])
         endpoint = os.environ.get(RDZV_ENV) if config.nodes > 1 else f"127.0.0.1:{_free_port()}"
         (folder / "job.json").write_text(json.dumps({
             "nproc_per_node": config.devices, "nnodes": config.nodes, "rdzv_endpoint": endpoint,
@@ -190,7 +187,7 @@ def train_distributed(spec: ModelSpec, loss_config: LossConfig, config: TrainCon
         }), encoding="utf-8")
         if config.nodes > 1:
             log.info("data-parallel job waiting for %d nodes: on each other node run `%s -m "
-                     "labelspace.training.distributed %s` with %s=%s", config.nodes, sys.executable, folder,
+                     "labelspace.training.launcher %s` with %s=%s", config.nodes, sys.executable, folder,
                      RDZV_ENV, endpoint)
         log.info("%s: training on %d processes (%d per node, %s, %s)", spec.head, processes, config.devices,
                  "NCCL" if device.type == "cuda" else "gloo", f"{threads} torch threads each"
@@ -199,38 +196,28 @@ def train_distributed(spec: ModelSpec, loss_config: LossConfig, config: TrainCon
         out = torch.load(folder / "result.pt", map_location="cpu", weights_only=False)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    model = build_model(spec, pretrained=pretrained, weights_path=weights_path)
-    model.load_state_dict(out["model"])
     seconds = dict(out["seconds"])
     seconds["processes"] = max(0.0, time.perf_counter() - started - sum(
         v for k, v in seconds.items() if not k.endswith("_cpu")))  # starting and ending the processes
-    return TrainResult(model=model.to(device).eval(), history=out["history"],
-                       resumed_from_epoch=out["resumed_from_epoch"], checkpoint=ckpt,
-                       skipped_images=out["skipped_images"], threads=out["threads"], seconds=seconds,
-                       processes=processes)
+    return {**out, "seconds": seconds, "checkpoint": ckpt}
 
 
-def _finished(ckpt: Path, config: TrainConfig, spec: ModelSpec, pretrained: bool, weights_path: str | None,
-              device: torch.device) -> TrainResult | None:
+def _finished(ckpt: Path, config: TrainConfig, spec) -> dict[str, Any] | None:
     """The result of a run whose checkpoint already holds every epoch, or None."""
     if not ckpt.is_file():
         return None
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt)
     if state["epoch"] < config.epochs:
         return None
     log.info("resuming %s training from %s after epoch %d/%d", spec.head, ckpt, state["epoch"], config.epochs)
-    model = build_model(spec, pretrained=pretrained, weights_path=weights_path)
-    model.load_state_dict(state["model"])
-    return TrainResult(model=model.to(device).eval(), history=state["history"], resumed_from_epoch=state["epoch"],
-                       checkpoint=ckpt, skipped_images=0, processes=config.devices * config.nodes)
+    return {"model": state["model"], "history": state["history"], "resumed_from_epoch": state["epoch"],
+            "skipped_images": 0, "threads": 0, "seconds": {}, "checkpoint": ckpt}
 
 
 def _worker_threads(device: torch.device, devices: int) -> int:
     """Torch threads of each worker on a CPU: this process's share of the cores, split between them."""
     if device.type != "cpu":
         return 1
-    from labelspace.training.threads import choose_threads
-
     return max(1, choose_threads() // devices)
 
 
@@ -240,7 +227,7 @@ def _write_job(folder: Path, job: dict[str, Any], validate) -> None:
             JobPickler(f, folder).dump(job)
 
     try:
-        _write_atomic(folder / "job.pkl", write)
+        write_atomic(folder / "job.pkl", write)
     except (pickle.PicklingError, AttributeError, TypeError) as e:
         raise TypeError(f"with train.devices > 1 validation runs in rank 0's process, so `validate` must pickle "
                         f"(a module-level function or class instance, like labelspace.training.fit.Validation); "
@@ -250,7 +237,7 @@ def _write_job(folder: Path, job: dict[str, Any], validate) -> None:
 def _run_launcher(folder: Path, threads: int, on_epoch, ckpt: Path | None, config: TrainConfig,
                   processes: int) -> None:
     env = {**os.environ, "LABELSPACE_TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-m", "labelspace.training.distributed", str(folder)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "labelspace.training.launcher", str(folder)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     tail: list[str] = []
     forward = threading.Thread(target=_forward_output, args=(proc.stdout, tail), daemon=True)
@@ -333,7 +320,7 @@ def _failure_message(folder: Path, returncode: int, tail: list[str], ckpt: Path 
     epoch = 0
     if ckpt is not None and ckpt.is_file():
         try:
-            epoch = int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"])
+            epoch = int(load_checkpoint(ckpt)["epoch"])
         except Exception:  # noqa: BLE001 - a message about a failure must not fail itself
             epoch = 0
     if ckpt is None:
@@ -343,50 +330,3 @@ def _failure_message(folder: Path, returncode: int, tail: list[str], ckpt: Path 
     else:
         resume = "No epoch was checkpointed yet: a rerun starts from epoch 1"
     return f"data-parallel training on {processes} processes failed: {what}. {resume}."
-
-
-# ---------------------------------------------------------------- the launcher process
-
-
-def _preload(folder: Path) -> None:
-    """Import here, once, what each worker would import on its own (the backbone's packages; a fused
-    Adam imports torch._dynamo, ~900 modules): the workers are forked from this process and inherit
-    them. On 2 busy cores that is ~15 s less per worker. Nothing touches CUDA before the fork."""
-    job = read_job(folder)
-    model = build_model(job["spec"], pretrained=False)
-    torch.optim.Adam([p for p in model.parameters() if p.requires_grad] or [torch.nn.Parameter(torch.zeros(1))],
-                     lr=1e-3, fused=True)
-
-
-def launch(folder: str | os.PathLike) -> int:
-    """Run the job's workers with torch's elastic launcher; on failure write `failure.json`."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    from labelspace.training.worker import run
-
-    folder = Path(folder)
-    _preload(folder)
-    settings = json.loads((folder / "job.json").read_text(encoding="utf-8"))
-    launch_config = LaunchConfig(
-        min_nodes=settings["nnodes"], max_nodes=settings["nnodes"], nproc_per_node=settings["nproc_per_node"],
-        run_id=settings["run_id"], rdzv_backend="c10d", rdzv_endpoint=settings["rdzv_endpoint"],
-        max_restarts=0, monitor_interval=0.5, local_addr=settings["local_addr"], start_method="fork",
-    )
-    try:
-        elastic_launch(launch_config, entrypoint=run)(str(folder))
-    except ChildFailedError as e:
-        failures = [{"rank": rank, "local_rank": f.local_rank, "pid": f.pid, "exitcode": f.exitcode,
-                     "signal": f.signal_name(), "timestamp": f.timestamp,
-                     "message": f.message["message"] if isinstance(f.message, dict) else str(f.message)}
-                    for rank, f in e.failures.items()]
-        _write_atomic(folder / "failure.json", lambda p: p.write_text(json.dumps({"failures": failures}),
-                                                                      encoding="utf-8"))
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    exit_with_parent()
-    sys.exit(launch(sys.argv[1]))

@@ -25,8 +25,9 @@ from labelspace.data.splits import split_indices, target_matrix
 from labelspace.evaluation.calibration import fit_calibration
 from labelspace.evaluation.metrics import mean_average_precision, topk_metrics
 from labelspace.model.bundle import TrainedModel
+from labelspace.model.inference import extract_features, scores_from_features
 from labelspace.model.spec import ModelSpec
-from labelspace.training.loop import extract_features, scores_from_features, train_model
+from labelspace.training.loop import train_model
 
 log = logging.getLogger(__name__)
 

@@ -144,7 +144,7 @@ def label_space_terms(config, distances: torch.Tensor, targets: torch.Tensor, ne
     """The label-space loss of a LossConfig (the module doc) in two parts and the images skipped: `ranked`, a
     mean over the images with a positive (the hinge rank term; `skipped` = the others), and `dense`, a
     mean over every image (the threshold term, or the sigmoid loss). The loss is their sum; data-parallel
-    ranks weight each by its own share (labelspace.training.worker). `negatives` is unused by sigmoid."""
+    ranks weight each by its own share (`shard_loss`). `negatives` is unused by sigmoid."""
     rank_variant, _, threshold_kind = config.variant.partition("+")
     tau, margin = config.threshold * scale, config.margin * scale
     dense = distances.new_zeros(())
@@ -171,3 +171,36 @@ def uses_negatives(config) -> bool:
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Loss of the baseline: binary cross-entropy of a linear sigmoid head."""
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float())
+
+
+def compute_loss(spec, config, model, outputs, targets, W, generator, scale: float | None = None) -> tuple[torch.Tensor, int]:
+    """The loss of a ModelSpec's head (`spec.head`) on a batch, and the images it skipped. `config` is a
+    LossConfig; `scale` is `loss_scale(model, W, config.units)`: a loop over many batches computes it
+    once and passes it (it depends on the words only)."""
+    if spec.head == "labelspace":
+        distances = model.distances_from_output(outputs.float(), W)
+        if scale is None:
+            scale = loss_scale(model, W, config.units)
+        negatives = sample_negatives(targets, config.n_negatives, generator) if uses_negatives(config) else None
+        ranked, skipped, dense = label_space_terms(config, distances, targets, negatives, scale)
+        return ranked + dense, skipped
+    return bce_loss(outputs.float(), targets), 0
+
+
+def shard_loss(spec, config, model, outputs, y, W, negatives, y_global: torch.Tensor, weight: float, scale: float):
+    """One process's part of a global batch's loss, and its skipped images: `compute_loss` with each term
+    scaled by this part's share of what it averages over (images with a positive for the rank term,
+    every image for the threshold and BCE terms), `negatives` drawn for the whole batch (rows of
+    them). Summed over the data-parallel ranks it is the loss one process computes on the whole batch;
+    the whole batch, weight 1, is `compute_loss` itself, bit for bit (its factors are 1, or multiply
+    a term that is 0).
+    `weight` 0 makes a row that counts for nothing (a last batch smaller than the ranks)."""
+    n_global = len(y_global)
+    if spec.head != "labelspace":
+        return bce_loss(outputs.float(), y) * (weight * len(y) / n_global), 0
+    distances = model.distances_from_output(outputs.float(), W)
+    ranked, skipped, dense = label_space_terms(config, distances, y, negatives, scale)
+    valid_global = int((y_global > 0).any(dim=1).sum())
+    loss = (ranked * (weight * (len(y) - skipped) / max(valid_global, 1))
+            + dense * (weight * len(y) / n_global))
+    return loss, skipped if weight else 0
