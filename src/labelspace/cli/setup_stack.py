@@ -15,8 +15,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
     root = prepare_environment()
     uri = args.tracking_uri or configure_mlflow(root)
-    from labelspace.pipelines.stack import STACK, ensure_stack
+    from labelspace.pipelines.stack import ensure_stack
 
-    ensure_stack(uri)
-    print(f"ZenML stack '{STACK}' is active: local orchestrator, MLflow tracker and registry at {uri}")
+    stack = ensure_stack(uri)
+    print(f"ZenML stack '{stack}' is active: local orchestrator, MLflow tracker and registry at {uri}")
     return 0

@@ -1,5 +1,5 @@
 """`labelspace team up|down|status|env|backup|restore`: the team stack (PostgreSQL, SeaweedFS S3,
-MLflow with logins) under .team/ (docs/team-server.md)."""
+MLflow with logins, MariaDB, the ZenML server) under .team/ (docs/team-server.md)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upgrade-db", action="store_true",
                    help="up, restore: back up (pg_dump) and migrate a database whose schema is older than the installed MLflow")
     p.add_argument("--workers", type=int, default=2, help="up, restore: MLflow server worker processes (default 2)")
+    p.add_argument("--ci", action="store_true",
+                   help="env: log in to ZenML with the `ci` service account's API key instead of the `team` password")
 
 
 def _ports(args: argparse.Namespace) -> dict[str, int | None]:
@@ -47,10 +49,13 @@ def _print_info(info: dict[str, Any], out: Callable[[str], None] = print) -> Non
     out(f"  S3          {info['s3_endpoint']}  SeaweedFS, buckets {', '.join(info['buckets'].values())} (versioned, "
         f"on disk in {info['folder']}/s3)")
     out(f"  MLflow      {info['mlflow_uri']}  basic auth; artifacts in {info['artifact_destination']}")
+    out(f"  MariaDB     {HOST}:{p['mariadb']}  database zenml (the ZenML server's)")
+    out(f"  ZenML       {info['zenml_uri']}  stack labelspace-team: artifacts in s3://{info['buckets']['zenml']}, "
+        "MLflow as tracker and registry")
     out("\nA team member exports (or: eval \"$(labelspace team env)\"):")
     for key, value in info["env"].items():
         out(f"  export {key}={shlex.quote(value)}")
-    out("then `labelspace setup-stack` points ZenML's MLflow tracker at it.")
+    out("then `labelspace setup-stack` activates the team's ZenML stack (CI: `labelspace team env --ci`).")
     out(f"\nDVC remote, in each clone (--local keeps the key out of git), then `dvc push -r {DVC_REMOTE}`:")
     for argv in info["dvc_commands"]:
         out("  " + shlex.join(argv))
@@ -96,8 +101,10 @@ def run_cli(args: argparse.Namespace) -> int:
             print(f"  {LABELS[name]:<15} {state:<23} port {s['port']:<6} {pid:<10} log {s['log']}")
         return 0 if all(s["healthy"] for s in status.values()) else 1
     info = team.team_info(args.dir)
+    if args.ci and not info["ci_env"]:
+        raise team.TeamError("no ZenML API key for CI in secrets.json yet: run `labelspace team up`")
     print(f"# labelspace team stack in {info['folder']}")
-    for key, value in info["env"].items():
+    for key, value in (info["ci_env"] if args.ci else info["env"]).items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
 

@@ -10,6 +10,12 @@ one folder (default `.team/` in the project).
 - MLflow: `mlflow server --app-name basic-auth --serve-artifacts` on PostgreSQL and the S3 bucket;
   anonymous requests get 401. An `admin` user (user management) and a `team` user (what members
   export) get generated passwords, kept in FOLDER/secrets.json (mode 600).
+- MariaDB (Debian's `mariadb-server`): a private instance in FOLDER/mariadb/data on 127.0.0.1, the
+  database `zenml` of the ZenML server (ZenML refuses PostgreSQL).
+- ZenML server (`labelspace.deploy.zenml_server`): uvicorn on 127.0.0.1, members' runs, artifacts
+  and model versions in one place; the stack `labelspace-team` registered on it (artifact store
+  the bucket `zenml-artifacts`, the MLflow server as tracker and registry); users `admin` and `team`,
+  and the service account `ci` whose API key CI exports.
 
 The stack is the list `STACK`, in start order: each `Service` says how to start it, check it, make
 it ready for use, and (where it holds data) back it up and restore it. Adding a service is one
@@ -34,6 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labelspace.deploy.mariadb import (
+    backup_zenml_database,
+    mariadb_healthy,
+    restore_zenml_database,
+    start_mariadb,
+)
 from labelspace.deploy.mlflow_server import ADMIN_USER, TEAM_USER, ensure_users, mlflow_url, start_mlflow
 from labelspace.deploy.postgres import (
     backup_databases,
@@ -66,6 +78,15 @@ from labelspace.deploy.s3server import (
     s3_healthy,
     s3_url,
     start_s3,
+)
+from labelspace.deploy.zenml_server import (
+    add_zenml_bucket,
+    ci_env,
+    ensure_team_stack,
+    member_env,
+    start_zenml,
+    zenml_healthy,
+    zenml_url,
 )
 
 DEFAULT_DIR = ".team"
@@ -139,6 +160,17 @@ STACK: tuple[Service, ...] = (  # start order; stopped in reverse
             ready=lambda st: ensure_users(st.config, st.sec),
             env=lambda st: {"MLFLOW_TRACKING_URI": mlflow_url(st.config), "MLFLOW_TRACKING_USERNAME": TEAM_USER,
                             "MLFLOW_TRACKING_PASSWORD": st.sec["team_password"]}),
+    Service("mariadb", 13306,
+            start=lambda st: start_mariadb(st.layout, st.port("mariadb"), st.sec),
+            healthy=lambda st: mariadb_healthy(st.port("mariadb"), st.sec),
+            backup=lambda st, target: backup_zenml_database(st.port("mariadb"), st.sec, target),
+            restore=lambda st, source: restore_zenml_database(st.port("mariadb"), st.sec, source)),
+    Service("zenml", 18237,
+            start=lambda st: start_zenml(st.layout, st.config, st.sec),
+            healthy=lambda st: zenml_healthy(st.config),
+            ready=lambda st: ensure_team_stack(st.layout, st.config, st.sec),
+            configure=add_zenml_bucket,
+            env=lambda st: member_env(st.config, st.sec)),
 )
 SERVICES = tuple(service.name for service in STACK)
 DEFAULT_PORTS = {service.name: service.default_port for service in STACK}
@@ -168,6 +200,11 @@ def load_secrets(layout: Layout) -> dict[str, str]:
         "s3_access_key_id": lambda: "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16)),
         "s3_secret_access_key": lambda: _token(30)[:40],
         "s3_cluster_key": lambda: secrets.token_hex(32),  # SeaweedFS's internal JWT keys are derived from it
+        "mariadb_password": lambda: _token(),
+        "zenml_admin_password": lambda: _token(),
+        "zenml_team_password": lambda: _token(),
+        "zenml_jwt_secret": lambda: secrets.token_hex(32),  # one for good: tokens outlive a server restart
+        "zenml_encryption_key": lambda: secrets.token_hex(32),  # ZenML's secrets are stored encrypted with it
     }
     changed = False
     for key, make in wanted.items():
@@ -247,12 +284,16 @@ def team_info(folder: str | os.PathLike | None = None) -> dict[str, Any]:
         "folder": str(stack.layout.root),
         "ports": config["ports"],
         "mlflow_uri": mlflow_url(config),
+        "zenml_uri": zenml_url(config),
         "s3_endpoint": s3_url(config),
         "postgres_uri": db_uri(config["ports"]["postgres"]),
         "buckets": config["buckets"],
         "artifact_destination": f"s3://{config['buckets']['artifacts']}/artifacts",
         "dvc_remote_url": f"s3://{config['buckets']['dvc']}/{DVC_PREFIX}",
         "env": env,
+        # CI logs in to ZenML with the `ci` service account's API key instead of the `team` password
+        "ci_env": {**{k: v for k, v in env.items() if not k.startswith("ZENML_STORE_")}, **ci_env(config, sec)}
+        if sec.get("zenml_ci_api_key") else None,
         "dvc_commands": dvc,
         "admin": {"username": ADMIN_USER, "password": sec["admin_password"]},
         "s3_credentials": {"access_key_id": sec["s3_access_key_id"], "secret_access_key": sec["s3_secret_access_key"]},

@@ -33,13 +33,18 @@ def tracker_configuration(tracking_uri: str) -> dict[str, str]:
 
 
 def ensure_stack(tracking_uri: str) -> str:
-    """Create or update the stack so its tracker points at `tracking_uri`, and activate it."""
+    """Create or update the stack so its tracker points at `tracking_uri`, and activate it; on a
+    ZenML server ($ZENML_STORE_URL, `labelspace team env`), activate the team's stack instead."""
     from zenml.client import Client
     from zenml.enums import StackComponentType
 
+    from labelspace.deploy.zenml_server import on_zenml_server
+    from labelspace.pipelines.team_stack import use_team_stack
     from labelspace.steps import use_package_as_source_root
 
     use_package_as_source_root()
+    if on_zenml_server():
+        return use_team_stack(tracking_uri)
     client = Client()
     components = {
         TRACKER: (StackComponentType.EXPERIMENT_TRACKER, tracker_configuration(tracking_uri)),
