@@ -1,6 +1,7 @@
-"""The team stack for real: PostgreSQL, the moto S3 store and an authenticated MLflow server,
+"""The team stack for real: PostgreSQL, the SeaweedFS S3 store and an authenticated MLflow server,
 started once for the module in a temporary folder on free ports of 127.0.0.1, used the way a team
-member would (MLflow client, DVC from a second clone), broken on purpose, and stopped by PID."""
+member would (MLflow client, DVC from a second clone), broken on purpose, restarted (nothing is
+lost), and stopped by PID."""
 
 from __future__ import annotations
 
@@ -17,18 +18,21 @@ import time
 from pathlib import Path
 
 import pytest
+import team_support
 
+from labelspace.cli import team as team_cli
 from labelspace.deploy import postgres, processes, s3server, team
 
 pytestmark = pytest.mark.team
 
 
 def _missing() -> str | None:
-    for module in ("psycopg2", "moto", "boto3", "flask_wtf", "alembic", "s3fs"):
+    for module in ("psycopg2", "boto3", "flask_wtf", "alembic", "s3fs"):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed (pip install -e '.[team]')"
     try:
         postgres.pg_bin()
+        s3server.weed_binary()
     except team.TeamError as e:
         return str(e)
     if os.geteuid() == 0 and shutil.which("runuser") is None:
@@ -68,7 +72,7 @@ def stack():
     folder = _folder("labelspace-team-")
     t0 = time.monotonic()
     try:
-        info = team.team_up(folder, postgres_port=0, s3_port=0, mlflow_port=0, workers=1, out=QUIET)
+        info = team.team_up(folder, **team_support.ANY_FREE_PORT, workers=1, out=QUIET)
         info["startup_s"] = round(time.monotonic() - t0, 1)
         print(f"\nteam stack up in {info['startup_s']} s: {info['mlflow_uri']}")
         with pytest.MonkeyPatch.context() as mp:
@@ -139,7 +143,7 @@ def test_logged_artifact_lands_in_the_s3_bucket(stack, client, s3, logged_run):
 
 def test_a_download_goes_through_a_presigned_url_the_store_checks(stack, client, logged_run, tmp_path):
     """MLflow's server hands a client a presigned URL of the bucket for each download; the store
-    checks its signature (labelspace.deploy.presigned: moto alone answers such a URL with a 500)."""
+    checks its signature."""
     experiment_id, run_id = logged_run
     auth = (stack["env"]["MLFLOW_TRACKING_USERNAME"], stack["env"]["MLFLOW_TRACKING_PASSWORD"])
     status, body = _get(f"{stack['mlflow_uri']}/api/2.0/mlflow-artifacts/presigned/{experiment_id}/{run_id}/"
@@ -208,7 +212,7 @@ def test_status_env_and_a_second_up(stack, capsys):
     assert again["started"] == [] and again["pids"] == stack["pids"]
     assert time.monotonic() - t0 < 10
     args = argparse.Namespace(action="env", dir=stack["folder"])
-    assert team.run_cli(args) == 0
+    assert team_cli.run_cli(args) == 0
     printed = capsys.readouterr().out
     assert f"export MLFLOW_TRACKING_URI={stack['mlflow_uri']}" in printed
     assert "export MLFLOW_TRACKING_USERNAME=team" in printed and "export MLFLOW_TRACKING_PASSWORD=" in printed
@@ -328,8 +332,8 @@ def test_s3_down_during_log_artifact_gives_a_clear_error(stack, client, logged_r
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     assert team.team_up(stack["folder"], out=QUIET)["started"] == ["s3"]
-    client.log_artifact(run_id, str(upload))  # S3 back (empty: moto keeps nothing across a restart)
-    assert "late.txt" in [a.path for a in client.list_artifacts(run_id)]
+    client.log_artifact(run_id, str(upload))
+    assert {"late.txt", "note.txt"} <= {a.path for a in client.list_artifacts(run_id)}
 
 
 def test_postgres_down_gives_a_clear_error(stack, client, monkeypatch):
@@ -348,10 +352,68 @@ def test_postgres_down_gives_a_clear_error(stack, client, monkeypatch):
     assert "team-test" in [e.name for e in client.search_experiments()]
 
 
+def _listening_ports(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket `pid` listens on."""
+    inodes = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir()
+              if os.readlink(fd).startswith("socket:[")}
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            parts = line.split()
+            if parts[3] == "0A" and parts[9] in inodes:
+                address, port = parts[1].rsplit(":", 1)
+                found.add((socket.inet_ntoa(bytes.fromhex(address)[::-1]) if len(address) == 8 else address,
+                           int(port, 16)))
+    return found
+
+
+def test_the_store_listens_on_its_own_loopback_ports_and_guards_its_back_doors(stack):
+    """Every port SeaweedFS opens is on 127.0.0.1 and named in team.json; its keys are in files of
+    mode 600, never on its command line; the filer's and volume server's HTTP ports refuse a read
+    that does not come through the S3 gateway, and the gateway refuses an anonymous one."""
+    folder = Path(stack["folder"])
+    config = json.loads((folder / "team.json").read_text())
+    secrets = json.loads((folder / "secrets.json").read_text())
+    pid = team.team_status(folder)["s3"]["pid"]
+    expected = {stack["ports"]["s3"], *config["s3_ports"].values(),
+                config["s3_ports"]["admin"] + s3server.ADMIN_GRPC_OFFSET}
+    assert _listening_ports(pid) == {("127.0.0.1", port) for port in expected}
+    assert (folder / "s3" / "identities.json").stat().st_mode & 0o777 == 0o600
+    command_line = processes.cmdline(pid)
+    assert "-master.telemetry=false" in command_line
+    assert not any(value in command_line for value in secrets.values())
+    key = "artifacts/not-there.txt"
+    assert _get(f"{stack['s3_endpoint']}/{stack['buckets']['artifacts']}/{key}")[0] == 403
+    assert _get(f"http://{team.HOST}:{config['s3_ports']['filer']}/buckets/{stack['buckets']['artifacts']}/")[0] == 401
+
+
+def test_a_restarted_stack_keeps_every_artifact_and_dvc_object(stack, client, s3, logged_run, tmp_path):
+    """The whole stack stopped and started again (moto, before SeaweedFS, lost every object here):
+    the artifact downloads through MLflow as before, the DVC objects are in their bucket, and an
+    overwritten object keeps its old version."""
+    _, run_id = logged_run
+    s3.put_object(Bucket=stack["buckets"]["dvc"], Key=f"{team.DVC_PREFIX}/files/md5/0f/restart", Body=b"dvc object")
+    dvc_keys = {o["Key"] for o in s3.list_objects_v2(Bucket=stack["buckets"]["dvc"]).get("Contents", [])}
+    s3.put_object(Bucket=stack["buckets"]["dvc"], Key="overwritten.txt", Body=b"first")
+    s3.put_object(Bucket=stack["buckets"]["dvc"], Key="overwritten.txt", Body=b"second")
+    assert team.team_down(stack["folder"], out=QUIET) == list(reversed(team.SERVICES))
+    info = team.team_up(stack["folder"], workers=1, out=QUIET)
+    assert info["started"] == list(team.SERVICES)
+    stack["pids"] = info["pids"]
+    path = client.download_artifacts(run_id, "note.txt", str(tmp_path))
+    assert Path(path).read_text() == "logged through the team server\n"
+    after = {o["Key"] for o in s3.list_objects_v2(Bucket=stack["buckets"]["dvc"]).get("Contents", [])}
+    assert dvc_keys <= after
+    versions = s3.list_object_versions(Bucket=stack["buckets"]["dvc"], Prefix="overwritten.txt")["Versions"]
+    bodies = [s3.get_object(Bucket=stack["buckets"]["dvc"], Key="overwritten.txt", VersionId=v["VersionId"])["Body"].read()
+              for v in versions]
+    assert sorted(bodies) == [b"first", b"second"]
+
+
 def test_team_down_leaves_no_process_behind(stack):
     pids = _pids(Path(stack["folder"]))
     assert len(pids) >= 3
-    assert team.team_down(stack["folder"], out=QUIET) == ["mlflow", "s3", "postgres"]
+    assert team.team_down(stack["folder"], out=QUIET) == list(reversed(team.SERVICES))
     assert [pid for pid in pids if processes.alive(pid)] == []
     assert team.team_down(stack["folder"], out=QUIET) == []  # idempotent
     assert not any(s["running"] for s in team.team_status(stack["folder"]).values())

@@ -13,7 +13,6 @@ import argparse
 import base64
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -30,10 +29,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import team_support
 import yaml
 
 from labelspace.app import TELEMETRY_OFF
-from labelspace.deploy import postgres, processes, s3server, team
+from labelspace.deploy import processes, s3server, team
 
 pytestmark = [pytest.mark.slow, pytest.mark.team]
 
@@ -43,20 +43,7 @@ QUIET = lambda *_: None  # noqa: E731
 TIMES: dict[str, float] = {}  # what each step took, printed at the end (pytest -s)
 
 
-def _missing() -> str | None:
-    for module in ("psycopg2", "moto", "boto3", "flask_wtf", "alembic", "s3fs"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install -e '.[team]')"
-    try:
-        postgres.pg_bin()
-    except team.TeamError as e:
-        return str(e)
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        return "running as root needs runuser to start PostgreSQL as the postgres user"
-    return None
-
-
-if (_reason := _missing()) is not None:
+if (_reason := team_support.missing()) is not None:
     pytest.skip(_reason, allow_module_level=True)
 
 from mlflow import MlflowClient  # noqa: E402  (after the skip: needs the team extra's packages)
@@ -121,7 +108,7 @@ def stack():
     folder.chmod(0o711)
     t0, cpu0 = time.monotonic(), _cpu()
     try:
-        info = team.team_up(folder, postgres_port=0, s3_port=0, mlflow_port=0, workers=1, out=QUIET)
+        info = team.team_up(folder, **team_support.ANY_FREE_PORT, workers=1, out=QUIET)
         _timed("team up (fresh stack, 1 MLflow worker)", time.monotonic() - t0, _cpu() - cpu0)
         with pytest.MonkeyPatch.context() as mp:  # this process reads the registry as a team member
             for key, value in info["env"].items():

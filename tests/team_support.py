@@ -1,0 +1,140 @@
+"""What the end-to-end team tests share (test_team_backup.py, test_team_faults.py): whether the stack
+can run here, a stack in a temporary folder, a team member's environment and commands, a tiny
+project whose `labelspace run` takes about a minute, and the checks that nothing was lost."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from labelspace.app import TELEMETRY_OFF
+from labelspace.deploy import postgres, s3server, team
+
+VENV_BIN = Path(sys.executable).parent
+MODEL = "labelspace"
+QUIET = lambda *_: None  # noqa: E731
+ANY_FREE_PORT = {f"{name}_port": 0 for name in team.SERVICES}  # team_up(..., **ANY_FREE_PORT): every service on a free port
+
+
+def missing() -> str | None:
+    """Why the team stack cannot run here, or None."""
+    for module in ("psycopg2", "boto3", "flask_wtf", "alembic", "s3fs"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install -e '.[team]')"
+    try:
+        postgres.pg_bin()
+        s3server.weed_binary()
+    except team.TeamError as e:
+        return str(e)
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root needs runuser to start PostgreSQL as the postgres user"
+    return None
+
+
+def stack_folder(prefix: str) -> Path:
+    # Not under pytest's tmp_path: as root, PostgreSQL runs as `postgres`, which cannot enter
+    # /tmp/pytest-of-root (mode 700).
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)
+    return path
+
+
+def member_env(stack: dict, **extra: str) -> dict[str, str]:
+    """A team member's environment: the caller's minus every MLflow, ZenML, AWS, PostgreSQL, DVC and
+    labelspace setting, plus what `team env` prints, telemetry off, the venv on PATH. MLflow's client
+    retries a failing request twice, one second apart, so a killed service fails a command in
+    seconds."""
+    dropped = ("MLFLOW_", "ZENML_", "AWS_", "PG", "DVC_", "LABELSPACE_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    env.update(TELEMETRY_OFF)
+    env.update(stack["env"])
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.com", MLFLOW_HTTP_REQUEST_MAX_RETRIES="2",
+               MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1", ZENML_LOGGING_COLORS_DISABLED="true")
+    env.update(extra)
+    return env
+
+
+def run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 600,
+        check: bool = True) -> subprocess.CompletedProcess:
+    if argv[0] in ("labelspace", "dvc", "mlflow"):
+        argv = [str(VENV_BIN / argv[0]), *argv[1:]]
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def python_json(code: str, cwd: Path, env: dict[str, str]) -> object:
+    """The last line of `code`'s output, run by the venv's Python, read as JSON."""
+    result = run([sys.executable, "-c", textwrap.dedent(code)], cwd, env)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def tiny_project(root: Path, stack: dict, tiny_dataset, small_vectors: Path, repo_root: Path) -> Path:
+    """A member's project: git + DVC, the tiny dataset `dvc add`ed, the team's DVC remote as `team up`
+    prints it, params.yaml shrunk to train in about a minute, the gate's floors at 0 so that a first
+    version is promoted by the gate."""
+    env = member_env(stack)
+    root.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["ingest"].update(dataset="data/fashion-canvas", image_size=32)
+    params["vectors"]["path"] = str(small_vectors)
+    params["train"].update(epochs=1, batch_size=32)
+    params["register"]["open_vocabulary_size"] = 2000
+    params["promote"].update(auto=True, minimum={metric: 0.0 for metric in params["promote"]["minimum"]})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(tiny_dataset[0], root / "data" / "fashion-canvas")
+    run(["git", "init", "-q"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    configure_dvc(root, stack, env)
+    run(["dvc", "add", "-q", "data/fashion-canvas"], root, env)
+    (root / ".gitignore").write_text("/data/cache/\n/checkpoints/\n/reports/\n/.zenml/\n")
+    run(["git", "add", "."], root, env)
+    run(["git", "commit", "-qm", "tiny project"], root, env)
+    return root
+
+
+def configure_dvc(root: Path, stack: dict, env: dict[str, str]) -> None:
+    for argv in stack["dvc_commands"]:  # exactly what `team up` prints
+        run(argv, root, env)
+
+
+def problems(stack: dict, env: dict[str, str], cwd: Path) -> list[str]:
+    """What a fault may not leave behind: a version that is not READY, a READY version without its
+    files or that does not load, champion naming another version than its last completed move."""
+    return python_json(f"""
+        import json, mlflow
+        from mlflow import MlflowClient
+        client, found = MlflowClient(), []
+        for v in client.search_model_versions("name = '{MODEL}'"):
+            if v.status != "READY":
+                found.append(f"version {{v.version}} is {{v.status}}")
+                continue
+            files = [a.path for a in mlflow.artifacts.list_artifacts(f"models:/{MODEL}/{{v.version}}")]
+            if "MLmodel" not in files:
+                found.append(f"version {{v.version}} is READY without its MLmodel: {{files}}")
+            try:
+                mlflow.pyfunc.load_model(f"models:/{MODEL}/{{v.version}}")
+            except Exception as e:
+                found.append(f"version {{v.version}} does not load: {{e}}")
+        print(json.dumps(found))
+    """, cwd, env) + champion_problems(env, cwd)
+
+
+def champion_problems(env: dict[str, str], cwd: Path) -> list[str]:
+    history = json.loads(run(["labelspace", "history", "--json"], cwd, env).stdout)
+    moved = [e for e in history["events"] if e["status"] == "moved"]
+    last = str(moved[-1]["version"]) if moved else None
+    holder = str(history["holder"]) if history["holder"] is not None else None
+    return [] if holder == last else [f"champion names {holder}, its last completed move {last}: {history}"]
