@@ -11,7 +11,7 @@ set -euo pipefail
 : "${REGISTRY:?the container registry, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/labelspace}"
 : "${ARTIFACT_BUCKET:?the S3 path of ZenML's artifact store, e.g. s3://labelspace-zenml}"
 : "${MLFLOW_TRACKING_URI:?the team's MLflow server}"
-S3_ENDPOINT="${S3_ENDPOINT:-}"            # an S3-compatible store (MinIO, the team server's moto); empty for AWS
+S3_ENDPOINT="${S3_ENDPOINT:-}"            # an S3-compatible store (MinIO, the team server's SeaweedFS); empty for AWS
 NAMESPACE="${NAMESPACE:-kubeflow}"
 ORCHESTRATOR="${ORCHESTRATOR:-kubeflow}"  # or kubernetes
 STACK="${STACK:-labelspace-$ORCHESTRATOR}"
