@@ -16,15 +16,11 @@ KFP_KEYS = {"components", "deploymentSpec", "pipelineInfo", "root", "schemaVersi
 @pytest.fixture(scope="module")
 def zenml_steps(project_config):
     """The pipeline's own step invocations, as ZenML prepares them: name -> upstream step names."""
-    import types
+    from labelspace.pipelines.training import pipeline_arguments, training_pipeline
+    from labelspace.training.fit import HeldOut
 
-    from labelspace.pipelines.run import _run
-    from labelspace.pipelines.training import training_pipeline
-
-    c = project_config
-    arguments = _run(lambda **kw: kw, c, c.resolve(c.ingest.dataset), c.resolve(c.vectors.path),
-                     {"dataset": "x", "vectors": "y"}, types.SimpleNamespace(labels=[], not_concepts=[]),
-                     c.resolve(c.evaluate.report), False)
+    arguments = pipeline_arguments(project_config, dataset_version="x", vectors_version="y",
+                                   held_out=HeldOut(labels=[], not_concepts=[]))
     pipeline = training_pipeline.copy()
     pipeline.prepare(**arguments)
     return {name: set(inv.upstream_steps) for name, inv in pipeline.invocations.items()}

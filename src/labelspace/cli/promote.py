@@ -32,7 +32,7 @@ def stage_hook():
     def hook(promoted, replaced) -> str:
         if not any(v is not None and v.tags.get("zenml.model_version") for v in (promoted, replaced)):
             return ""
-        from labelspace.pipelines.run import zenml_stage_hook
+        from labelspace.steps.model_stages import zenml_stage_hook
 
         return zenml_stage_hook(promoted, replaced)
 

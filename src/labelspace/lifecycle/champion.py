@@ -13,7 +13,7 @@ history keeps every step. The version that becomes champion is tagged `champion.
 `champion.replaced_at` and `champion.replaced_by_event`.
 
 `stage_hook(promoted, replaced)` mirrors the move elsewhere (the ZenML model version stages, from
-labelspace.pipelines.run) and returns a note recorded with the event; it cannot fail the move.
+labelspace.steps.model_stages) and returns a note recorded with the event; it cannot fail the move.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ only inside `submit_pipeline`, from a snapshot stored on a ZenML server, with bu
 stack and the `kfp` package; `kfp` 2.17 needs protobuf < 7 (and other pins) where
 requirements.lock has protobuf 7.36.2, so it cannot be installed beside the project. This module
 builds the spec from the same pipeline definition instead: it prepares `training_pipeline` with the
-arguments `labelspace run` would pass (pipelines.run._run), walks ZenML's step invocations and
+arguments `labelspace run` passes (pipelines.training.pipeline_arguments), walks ZenML's step invocations and
 their input artifacts, and writes one container component per step that runs ZenML's own step
 entrypoint (`python -m zenml.entrypoints.entrypoint ... --step_name S --snapshot_id ID`, the command
 ZenML's Kubeflow orchestrator writes), with `dependentTasks` from each step's upstream steps. A step
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import types
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ from zenml.config import DockerSettings, ResourceSettings
 
 from labelspace import __version__
 from labelspace.config import Config
+from labelspace.pipelines.training import pipeline_arguments, training_pipeline
+from labelspace.training.fit import HeldOut
 
 ORCHESTRATORS = ("kubeflow",)
 PIPELINES = {"training": "labelspace-training", "retrain": "labelspace-retrain"}
@@ -43,6 +44,7 @@ DEFAULT_PARENT_IMAGE = "pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime"
 SNAPSHOT_PARAMETER = "zenml_snapshot_id"
 GPU = "nvidia.com/gpu"
 SCHEMA_VERSION = "2.1.0"
+RESOLVED_AT_RUN_TIME = "resolved-at-run-time"
 
 # Per step function (both `train` invocations, the label space and the BCE baseline, share it).
 STEP_RESOURCES: dict[str, ResourceSettings] = {
@@ -93,17 +95,12 @@ def docker_settings(parent_image: str = DEFAULT_PARENT_IMAGE) -> DockerSettings:
 
 def pipeline_graph(config: Config) -> list[StepNode]:
     """The steps of `labelspace_training` in order, from ZenML's own invocations, prepared with the
-    arguments `labelspace run` passes (paths and versions are placeholders: the graph ignores them)."""
-    from labelspace.pipelines.run import _run
-    from labelspace.pipelines.training import training_pipeline
-
-    held_out = types.SimpleNamespace(labels=[], not_concepts=[])
-    versions = {"dataset": "resolved-at-run-time", "vectors": "resolved-at-run-time"}
-    arguments = _run(lambda **kw: kw, config, config.resolve(config.ingest.dataset),
-                     config.resolve(config.vectors.path), versions, held_out,
-                     config.resolve(config.evaluate.report), False)
+    arguments `labelspace run` passes (data versions and held-out labels are placeholders: the graph
+    does not depend on them)."""
     pipeline = training_pipeline.copy()
-    pipeline.prepare(**arguments)
+    pipeline.prepare(**pipeline_arguments(
+        config, dataset_version=RESOLVED_AT_RUN_TIME, vectors_version=RESOLVED_AT_RUN_TIME,
+        held_out=HeldOut(labels=[], not_concepts=[], rule=RESOLVED_AT_RUN_TIME)))
     nodes = []
     for name, invocation in pipeline.invocations.items():
         step = invocation.step.entrypoint.__name__

@@ -14,18 +14,18 @@ from labelspace.steps.materializers import TrainedModelMaterializer
 @step(experiment_tracker=True, output_materializers=TrainedModelMaterializer)
 def train(
     manifest: pd.DataFrame, labels: list[str], label_vectors: np.ndarray, prepared_data: dict, head: str,
-    model: ModelConfig, loss: LossConfig, train: TrainConfig, held_out: list[str], checkpoint_dir: str,
-    resume: bool = True,
+    model: ModelConfig, loss: LossConfig, train_config: TrainConfig, held_out: list[str], resume: bool = True,
 ) -> Annotated[TrainedModel, "model"]:
-    """`held_out` labels never train; `resume: false` (`labelspace run --no-cache`) ignores checkpoints."""
+    """`held_out` labels never train; checkpoints go to train_config.checkpoint_dir (absolute), and
+    `resume: false` (`labelspace run --no-cache`) ignores them."""
     from labelspace.data.prepared import prepared
     from labelspace.lifecycle.tracking import log_training
     from labelspace.training.fit import fit_head
 
-    logger = log_training(head, {"model": model, "loss": loss, "train": train})
-    fit = fit_head(head, model, loss, train, manifest, labels, label_vectors, prepared(prepared_data).images(),
+    logger = log_training(head, {"model": model, "loss": loss, "train": train_config})
+    fit = fit_head(head, model, loss, train_config, manifest, labels, label_vectors, prepared(prepared_data).images(),
                    dataset_version=prepared(prepared_data).version, held_out=held_out,
-                   checkpoint_dir=checkpoint_dir, resume=resume, on_epoch=logger.on_epoch)
+                   checkpoint_dir=train_config.checkpoint_dir, resume=resume, on_epoch=logger.on_epoch)
     logger.calibration(fit.model.calibration)
     final = fit.model.history[-1] if fit.model.history else {}
     log_metadata(metadata={"head": head, "resumed_from_epoch": fit.resumed_from_epoch, "note": fit.note,
