@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("download", "fetch the images of a NUS-WIDE-urls.txt into the release layout"),
     "data-version": ("data_version", "print the DVC data version of a tracked path"),
     "setup-stack": ("setup_stack", "register the ZenML stack (local orchestrator, MLflow tracker and registry)"),
-    "run": ("run", "run the training pipeline (ingest, embed, train, evaluate, register)"),
+    "run": ("run", "run the training pipeline (ingest, embed, train, evaluate, register, gate)"),
     "compile": ("compile", "write the pipeline's Kubeflow Pipelines spec (KFP IR YAML) offline, and its schedule"),
     "report": ("report", "print the metrics table and how to open the MLflow UI"),
     "predict": ("predict", "batch inference of a registered model over images, into parquet with a report"),

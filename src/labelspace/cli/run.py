@@ -1,4 +1,4 @@
-"""`labelspace run`: the training pipeline on params.yaml (ingest, embed, train, evaluate, register)."""
+"""`labelspace run`: the training pipeline on params.yaml (ingest, embed, train, evaluate, register, gate)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ class ModelSpec:
     learn_scale: bool
     freeze_backbone: bool
     image_size: int  # side of the square input the model was trained on
-    # "raw" or "absent" (labelspace.model.networks); bundles written before it existed are "raw".
+    # "raw", "absent" or "standardized" (labelspace.model.networks); bundles written before it existed are "raw".
     open_words: str = "raw"
     # Leading backbone stages kept at their pretrained weights end to end (0 before it existed).
     frozen_stages: int = 0
