@@ -1,21 +1,12 @@
-"""`labelspace team`: the team's MLflow server, its PostgreSQL database and an S3 store (SeaweedFS)
-for MLflow artifacts and a DVC remote, as local unprivileged processes whose data all lives under
-one folder (default `.team/` in the project).
+"""`labelspace team`: the team's servers as local unprivileged processes whose data all lives under
+one folder (default `.team/` in the project), each on 127.0.0.1, each in its own module:
 
-- PostgreSQL (Debian's `postgresql`): a cluster in FOLDER/postgres/data on 127.0.0.1, databases
-  `mlflow` (tracking and registry) and `mlflow_auth` (MLflow's users), owned by the role `mlflow`.
-  As root, initdb and pg_ctl run as the `postgres` user.
-- S3: SeaweedFS (`labelspace.deploy.s3server`), objects on disk in FOLDER/s3/data, buckets
-  `mlflow-artifacts` and `dvc-remote` with versioning on, requests checked against a generated key.
-- MLflow: `mlflow server --app-name basic-auth --serve-artifacts` on PostgreSQL and the S3 bucket;
-  anonymous requests get 401. An `admin` user (user management) and a `team` user (what members
-  export) get generated passwords, kept in FOLDER/secrets.json (mode 600).
-- MariaDB (Debian's `mariadb-server`): a private instance in FOLDER/mariadb/data on 127.0.0.1, the
-  database `zenml` of the ZenML server (ZenML refuses PostgreSQL).
-- ZenML server (`labelspace.deploy.zenml_server`): uvicorn on 127.0.0.1, members' runs, artifacts
-  and model versions in one place; the stack `labelspace-team` registered on it (artifact store
-  the bucket `zenml-artifacts`, the MLflow server as tracker and registry); users `admin` and `team`,
-  and the service account `ci` whose API key CI exports.
+- `postgres`: PostgreSQL, databases `mlflow` (tracking, registry) and `mlflow_auth` (MLflow's users);
+- `s3server`: SeaweedFS, objects on disk, versioned buckets for MLflow, DVC and ZenML artifacts;
+- `mlflow_server`: `mlflow server --app-name basic-auth --serve-artifacts`, users `admin` and `team`;
+- `mariadb`: MariaDB, the database `zenml` of the ZenML server (ZenML refuses PostgreSQL);
+- `zenml_server`: the ZenML server (uvicorn), its team stack `labelspace-team`, users and the `ci`
+  service account. Generated passwords and keys are kept in FOLDER/secrets.json (mode 600).
 
 The stack is the list `STACK`, in start order: each `Service` says how to start it, check it, make
 it ready for use, and (where it holds data) back it up and restore it. Adding a service is one
@@ -25,6 +16,9 @@ Every service gets a PID file (FOLDER/run/NAME.json: PID, kernel start time, com
 `team down` signals only processes that still match their file. Before MLflow starts on an existing
 database, the schema's alembic revision is compared with the installed MLflow's; an older schema is
 upgraded only with `--upgrade-db`, after a pg_dump into FOLDER/backups/.
+
+The module runs past 400 lines on purpose: the stack's files (team.json, secrets.json), its list of
+services and `team up/down/status/env` read as one piece; each service's own code is in its module.
 """
 
 from __future__ import annotations
