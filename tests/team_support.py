@@ -133,6 +133,14 @@ def problems(stack: dict, env: dict[str, str], cwd: Path) -> list[str]:
 
 
 def champion_problems(env: dict[str, str], cwd: Path) -> list[str]:
+    """Champion names the version of its last completed move (no model registered yet: nothing to check)."""
+    if not python_json(f"import json; from mlflow import MlflowClient; print(json.dumps(bool("
+                       f"MlflowClient().search_registered_models(\"name = '{MODEL}'\"))))", cwd, env):
+        return []
+    return _champion_problems(env, cwd)
+
+
+def _champion_problems(env: dict[str, str], cwd: Path) -> list[str]:
     history = json.loads(run(["labelspace", "history", "--json"], cwd, env).stdout)
     moved = [e for e in history["events"] if e["status"] == "moved"]
     last = str(moved[-1]["version"]) if moved else None

@@ -114,6 +114,7 @@ def start_postgres(layout: Layout, port: int, sec: dict[str, str]) -> dict[str, 
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise TeamError(f"initdb failed:\n{result.stdout}{result.stderr}")
+    _wait_until_reaped(layout.pg_data / "postmaster.pid")
     options = f"-p {port} -k {shlex.quote(str(layout.pg_data))} -c listen_addresses={HOST}"
     result = subprocess.run(
         _as_pg_user([str(bindir / "pg_ctl"), "-D", str(layout.pg_data), "-l", str(layout.log("postgres")),
@@ -126,6 +127,18 @@ def start_postgres(layout: Layout, port: int, sec: dict[str, str]) -> dict[str, 
     wait_healthy("postgres", lambda: pg_healthy(port, sec["postgres_password"]), lambda: alive(pid),
                   layout.log("postgres"), START_TIMEOUT_S["postgres"])
     return write_record(layout, "postgres", pid, str(layout.pg_data), port)
+
+
+def _wait_until_reaped(pid_file: Path, timeout: float = 30) -> None:
+    """After a crash, a killed postmaster can stay a zombie until its parent reaps it; PostgreSQL
+    would take it for a running server ("lock file postmaster.pid already exists"). Wait for it."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + timeout
+    while not alive(pid) and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def ensure_databases(port: int, sec: dict[str, str]) -> None:
