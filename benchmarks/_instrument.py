@@ -136,7 +136,7 @@ def main() -> int:
     _wrap_step_runner()
     _wrap_pipeline_call()
     for module, attribute, name in [
-        ("labelspace.data.versions", "dataset_version", "before: data versions (DVC hashes)"),
+        ("labelspace.data.dvc_versions", "dataset_version", "before: data versions (DVC hashes)"),
         ("labelspace.lifecycle.tracking", "ensure_experiment", "before: MLflow set-up and experiment"),
         ("labelspace.pipelines.stack", "ensure_stack", "before: ZenML client and stack"),
         ("labelspace.data.prepared", "PreparedData.ensure", "ingest: manifest and decoded images"),
@@ -148,7 +148,7 @@ def main() -> int:
         ("labelspace.lifecycle.registry", "register_trained_model", "register: register_trained_model"),
         ("mlflow.pyfunc", "log_model", "register: MLflow log_model"),
         ("labelspace.lifecycle.registry", "register_model", "register: registry version and tags"),
-        ("labelspace.lifecycle.gatekeeper", "run_gate", "gate: champion scoring"),
+        ("labelspace.lifecycle.promotion_gate", "run_gate", "gate: champion scoring"),
     ]:
         wrap(module, attribute, name)
     RECORD["process"]["instrument_setup"] = time.perf_counter() - wall

@@ -93,7 +93,7 @@ def _png(fig, plots) -> bytes:
 
 def card_inputs(trained: Trained, **changes):
     """CardInputs of the trained pair as `labelspace card` gathers them from MLflow, without MLflow."""
-    from labelspace.evaluation.card import CardInputs
+    from labelspace.evaluation.card_render import CardInputs
 
     summary, figures = analysed(trained)
     report, plots = evaluated(trained)

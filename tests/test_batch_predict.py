@@ -167,7 +167,7 @@ def test_a_list_reruns_as_up_to_date_and_follows_the_alias(registry, tmp_path, m
 def test_the_data_version_is_dvcs_hash_of_the_tracked_dataset_holding_the_images(registry, tmp_path, monkeypatch):
     import shutil
 
-    from labelspace.data.versions import data_version
+    from labelspace.data.dvc_versions import data_version
     from labelspace.serving.batch_inputs import input_data_version
 
     repo = tmp_path / "project"

@@ -1,4 +1,4 @@
-"""Model cards (labelspace.evaluation.card, labelspace.lifecycle.cards): what they say, that the HTML is
+"""Model cards (labelspace.evaluation.card_render, labelspace.lifecycle.version_record): what they say, that the HTML is
 self-contained and renders in a real browser with its images, and the round trip through a real
 MLflow registry. The slow test runs `labelspace analyze` and `labelspace card` against a registered version."""
 
@@ -19,8 +19,8 @@ import yaml
 from analysis_support import card_inputs, evaluated, trained_pair
 from PIL import Image
 
-from labelspace.evaluation.card import build_card
-from labelspace.evaluation.card_sections import NO_GATE
+from labelspace.evaluation.card_content import NO_GATE
+from labelspace.evaluation.card_render import build_card
 
 SECTIONS = ("Intended use", "Model", "Training data", "Labels and their word vectors", "Metrics", "Zero-shot",
             "Promotion gate", "Analyses", "Known limitations", "Lineage")
@@ -166,7 +166,7 @@ def registered(trained, tmp_path_factory):
 def test_a_registered_version_round_trips_through_its_card(registered, trained, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from labelspace.lifecycle.cards import CARD_MARKER, load_version, log_analysis, log_card
+    from labelspace.lifecycle.version_record import CARD_MARKER, load_version, log_analysis, log_card
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registered["uri"])
     record = load_version("@challenger", "card-test")

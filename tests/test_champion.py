@@ -140,7 +140,7 @@ def test_clear_errors_for_missing_deleted_and_unready_versions_and_nothing_to_ro
 
 GATE_PROCESS = textwrap.dedent("""
     from labelspace.config import PromoteConfig
-    from labelspace.lifecycle.gatekeeper import run_gate
+    from labelspace.lifecycle.promotion_gate import run_gate
     from labelspace.lifecycle.scoring import Scored
     rules = PromoteConfig(auto=True, metrics=["labelspace.mAP"], minimum={"labelspace.mAP": 0.1},
                           max_regression={"labelspace.mAP": 0.5})
@@ -331,7 +331,7 @@ def mlflow_server(tmp_path):
 
 def test_the_gate_records_once_holds_when_auto_is_off_and_falls_back_when_the_champion_cannot_be_scored(registry):
     from labelspace.config import PromoteConfig
-    from labelspace.lifecycle.gatekeeper import run_gate
+    from labelspace.lifecycle.promotion_gate import run_gate
     from labelspace.lifecycle.scoring import Scored
 
     rules = PromoteConfig(auto=False, metrics=["labelspace.mAP"], minimum={"labelspace.mAP": 0.5},

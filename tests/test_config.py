@@ -141,3 +141,11 @@ def test_replace_checks_the_changed_section(project_config):
     assert project_config.train.epochs != 2 and changed.hash != project_config.hash
     with pytest.raises(ConfigError, match="train.epochs = 0 must be at least 1"):
         project_config.replace(train={"epochs": 0})
+
+
+def test_the_choices_params_yaml_is_checked_against_are_the_ones_the_torch_modules_implement():
+    """labelspace.choices lists them without torch; the backbone registry and the networks take the same."""
+    from labelspace.choices import BACKBONES
+    from labelspace.model.backbones import list_backbones
+
+    assert list_backbones() == sorted(BACKBONES)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labelspace.data.versions import data_version
+from labelspace.data.dvc_versions import data_version
 
 VENV_BIN = Path(sys.executable).parent
 

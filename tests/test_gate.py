@@ -1,4 +1,4 @@
-"""The promotion gate's decision (labelspace.lifecycle.gate.decide) and the `promote` section of
+"""The promotion gate's decision (labelspace.lifecycle.promotion_rules.decide) and the `promote` section of
 params.yaml: pure functions, no MLflow."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from labelspace.config import ConfigError, PromoteConfig, load_config
-from labelspace.lifecycle.gate import comparison_table, decide, metric_name_problem, metric_values
+from labelspace.lifecycle.promotion_rules import comparison_table, decide, metric_name_problem, metric_values
 
 RULES = PromoteConfig(auto=True, metrics=["labelspace.top3.O-F1", "labelspace.mAP", "zero_shot.top1.O-F1"],
                       minimum={"labelspace.top3.O-F1": 0.70, "labelspace.mAP": 0.85},

@@ -244,7 +244,7 @@ def test_cli_ingest_reads_the_label_set_asked_for(release, tmp_path, capsys):
 
 
 def test_a_project_folder_inside_an_untracked_dataset_does_not_change_its_fingerprint(release):
-    from labelspace.data.versions import fingerprint_path
+    from labelspace.data.dvc_versions import fingerprint_path
 
     before = fingerprint_path(release)
     _write(release / "zsl/params.yaml", "ingest: {}\n")

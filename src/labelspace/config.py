@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 from labelspace.app import find_params_file, params_hash
+from labelspace.choices import BACKBONES, LABEL_SETS, OPEN_WORDS
+from labelspace.lifecycle.promotion_rules import metric_name_problem
 
 
 class ConfigError(ValueError):
@@ -81,16 +83,13 @@ class EmbeddingConfig:
         return {}
 
 
-LABEL_SETS = ("concepts", "nuswide-zsl")  # labelspace.data.nuswide: which labels a dataset in the layout gives
-
-
 @dataclass(frozen=True)
 class IngestConfig:
     dataset: str
     image_size: int
     cache_dir: str
     shard_size: int | None
-    labels: str  # the label set read from the dataset (labelspace.data.nuswide.LABEL_SETS)
+    labels: str  # the label set read from the dataset (labelspace.choices.LABEL_SETS)
 
     def check(self) -> dict[str, str]:
         problems = _at_least(self, 8, "image_size")
@@ -116,9 +115,15 @@ class ModelConfig:
     learn_scale: bool
     open_words: str
     open_words_offset: float
+    open_words_prior: float  # standardized: the domain prior λ (labelspace.model.ranking)
+    open_words_conse: int  # standardized: ConSE's T nearest training labels rank every other word; 0: D does
 
     def check(self) -> dict[str, str]:
         problems = _at_least(self, 1, "k")
+        if self.open_words_prior < 0:
+            problems["open_words_prior"] = "0 (none) or more (in units of the training labels' spread of D)"
+        if self.open_words_conse < 0:
+            problems["open_words_conse"] = "0 (D standardized) or a number of nearest training labels, e.g. 3"
         if self.frozen_stages < 0:
             problems["frozen_stages"] = "0 (the whole backbone trains) or more (the stem, then each stage of blocks)"
         if self.open_words_offset < 0:
@@ -129,24 +134,11 @@ class ModelConfig:
             problems["open_words"] = f"one of {', '.join(OPEN_WORDS)}"
         elif self.open_words == "absent" and not self.normalize:
             problems["open_words"] = "raw when model.normalize is false (absent needs D on [0, 1])"
-        if self.backbone not in registered_backbones():
-            problems["backbone"] = f"one of {', '.join(registered_backbones())}"
+        if self.backbone not in BACKBONES:
+            problems["backbone"] = f"one of {', '.join(BACKBONES)}"
         return problems
 
 
-def registered_backbones() -> list[str]:
-    """The names labelspace.model.backbones registers (its `@register_backbone` functions), read from
-    its source: checking params.yaml must not import torch (over 2 s), so a bad value is reported at once."""
-    import ast
-    import importlib.util
-
-    origin = importlib.util.find_spec("labelspace.model.backbones").origin
-    tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
-    return sorted(node.name for node in tree.body if isinstance(node, ast.FunctionDef)
-                  and any(isinstance(d, ast.Name) and d.id == "register_backbone" for d in node.decorator_list))
-
-
-OPEN_WORDS = ("raw", "absent", "standardized")  # labelspace.model.networks: how words that are no training label count
 LOSS_VARIANTS = ("paper", "pairwise", "sigmoid", "pairwise+sigmoid")
 
 
@@ -333,7 +325,7 @@ class AnalyzeConfig:
 
 @dataclass(frozen=True)
 class PromoteConfig:
-    """The promotion gate, the pipeline's last step (labelspace.lifecycle.gate, docs/lifecycle.md).
+    """The promotion gate, the pipeline's last step (labelspace.lifecycle.promotion_rules, docs/lifecycle.md).
 
     Metrics are keys of reports/metrics.json written with dots (`labelspace.top3.O-F1`,
     `labelspace.mAP`, `zero_shot.top1.O-F1`), fractions where higher is better.
@@ -345,8 +337,6 @@ class PromoteConfig:
     max_regression: dict[str, float]
 
     def check(self) -> dict[str, str]:
-        from labelspace.lifecycle.gate import metric_name_problem
-
         problems = {}
         bad = next((m for m in self.metrics if metric_name_problem(m)), None)
         if not self.metrics or bad is not None or len(set(self.metrics)) != len(self.metrics):

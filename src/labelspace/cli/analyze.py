@@ -29,9 +29,9 @@ def run_cli(args: argparse.Namespace) -> int:
     from labelspace.config import load_config
 
     config = load_config()
+    from labelspace.data.dvc_versions import dataset_version
     from labelspace.data.prepared import PreparedData
     from labelspace.data.splits import split_indices
-    from labelspace.data.versions import dataset_version
     from labelspace.data.word_vectors import load_word_vectors, resolve_label_vectors
     from labelspace.evaluation.analysis_plots import k_sweep as sweep_figure
     from labelspace.evaluation.analysis_run import (
@@ -43,8 +43,8 @@ def run_cli(args: argparse.Namespace) -> int:
         sweep_text,
         write_analysis,
     )
-    from labelspace.lifecycle.cards import flat_analysis_metrics, load_version, log_analysis
-    from labelspace.pipelines.runs import load_baseline
+    from labelspace.lifecycle.version_record import flat_analysis_metrics, load_version, log_analysis
+    from labelspace.pipelines.past_runs import load_baseline
     from labelspace.training.fit import held_out_for, training_labels
 
     name = args.model or config.register.model_name

@@ -20,8 +20,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
     prepare_environment()
     from labelspace.config import load_config
-    from labelspace.evaluation.card import build_card
-    from labelspace.lifecycle.cards import load_version, log_card
+    from labelspace.evaluation.card_render import build_card
+    from labelspace.lifecycle.version_record import load_version, log_card
 
     name = args.model or load_config().register.model_name
     record = load_version(args.version, name)

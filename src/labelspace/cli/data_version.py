@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from labelspace.data.versions import data_version
+from labelspace.data.dvc_versions import data_version
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

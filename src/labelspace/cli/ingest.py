@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from labelspace.config import LABEL_SETS
+from labelspace.choices import LABEL_SETS
 from labelspace.data.nuswide import ingest, report_path, summarize
 
 

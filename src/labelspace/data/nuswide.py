@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelspace.config import LABEL_SETS
+from labelspace.choices import LABEL_SETS
 
 CONCEPTS_FILE = Path("ConceptsList") / "Concepts81.txt"
 LABELS_DIR = Path("Groundtruth") / "TrainTestLabels"

@@ -51,7 +51,7 @@ def data_pins(root: Path | None, version: str, training_commit: str | None) -> d
         return {"note": "not tracked by DVC: a fingerprint of the files (labelspace run --dataset DIR)"}
     if root is None or not (root / "dvc.lock").exists():
         return {"note": "no project with a dvc.lock here to look the hash up in"}
-    from labelspace.data.versions import tracked_outputs
+    from labelspace.data.dvc_versions import tracked_outputs
 
     pins: dict[str, Any] = {"dvc_lock_now": sorted(p for p, md5 in tracked_outputs(root).items() if md5 == version)}
     log = _git(root, "log", "--reverse", "--format=%H %cI %s", "-S", version, "--", "dvc.lock")

@@ -20,7 +20,7 @@ reconciles it against the alias: FINISHED when the alias did move, FAILED when i
 history never claims a move that did not happen, nor misses one that did.
 
 Gate decisions (promoted or not) are runs of the same experiment with `lifecycle.kind = gate`,
-written by labelspace.lifecycle.gatekeeper.
+written by labelspace.lifecycle.promotion_gate.
 """
 
 from __future__ import annotations

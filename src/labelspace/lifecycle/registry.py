@@ -111,7 +111,7 @@ def register_trained_model(
     it as `register.alias` (config.RegisterConfig) with every lineage tag; nothing when a version
     already holds the same weights. `package()` gives (open vocabulary, input example image)."""
     from labelspace.lifecycle.lineage import lineage_tags, record_on_run, recorded_params
-    from labelspace.lifecycle.versions import source_hash
+    from labelspace.lifecycle.training_inputs import source_hash
     from labelspace.serving.pyfunc import log_labelspace_model
 
     name, alias = register.model_name, register.alias

@@ -1,7 +1,7 @@
 """`labelspace retrain`, the command a scheduler calls: train only when something changed, never two at
 once, then the gate; an exit code the scheduler can act on.
 
-1. The versions a run would record are computed without training (labelspace.lifecycle.versions):
+1. The versions a run would record are computed without training (labelspace.lifecycle.training_inputs):
    data and vectors (DVC hashes), code (hash of the package source), params (hash of params.yaml).
 2. The retrain lock is taken (labelspace.lifecycle.lock: a ticket in the MLflow registry, so two
    machines sharing a tracking server exclude each other too). Held elsewhere: exit LOCKED at once,
@@ -49,7 +49,7 @@ def retrain(config, *, dataset: str | None = None, vectors: str | None = None, w
             force: bool = False, say=print) -> RetrainResult:
     """Steps 1-4 above for `config` (labelspace.config.Config); `force` trains even when nothing changed."""
     from labelspace.lifecycle.lock import LockBusy, RegistryLock
-    from labelspace.lifecycle.versions import current_versions, lineage_differences
+    from labelspace.lifecycle.training_inputs import current_versions, lineage_differences
 
     model_name = config.register.model_name
     now = current_versions(config, dataset=dataset, vectors=vectors)

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from labelspace.choices import BACKBONES
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -62,6 +64,8 @@ class Backbone(nn.Module):
 
 
 def register_backbone(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
+    if fn.__name__ not in BACKBONES:  # params.yaml's model.backbone is checked against that list, without torch
+        raise ValueError(f"backbone {fn.__name__!r} is not in labelspace.choices.BACKBONES: add it there")
     _REGISTRY[fn.__name__] = fn
     return fn
 

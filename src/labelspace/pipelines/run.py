@@ -12,8 +12,8 @@ from zenml.config.schedule import Schedule
 from zenml.enums import StackComponentType
 
 from labelspace.config import Config
+from labelspace.data.dvc_versions import dataset_version
 from labelspace.data.nuswide import read_concepts, unseen_labels
-from labelspace.data.versions import dataset_version
 from labelspace.lifecycle.tracking import configure_mlflow, ensure_experiment
 from labelspace.pipelines.kubeflow import kubeflow_options, pipeline_graph
 from labelspace.pipelines.stack import ensure_stack

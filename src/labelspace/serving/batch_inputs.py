@@ -98,9 +98,9 @@ def inputs_fingerprint(inputs: BatchInput) -> str:
 
 def input_data_version(folder: Path) -> dict[str, str]:
     """{data_version[, dvc_output]}: DVC's hash of the tracked output the images are in (checked
-    against the workspace), else a fingerprint of the folder's files (labelspace.data.versions)."""
+    against the workspace), else a fingerprint of the folder's files (labelspace.data.dvc_versions)."""
     from labelspace.app import project_root
-    from labelspace.data.versions import all_tracked_outputs, dataset_version, fingerprint_path
+    from labelspace.data.dvc_versions import all_tracked_outputs, dataset_version, fingerprint_path
 
     folder = folder.resolve()
     try:

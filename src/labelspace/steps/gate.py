@@ -1,4 +1,4 @@
-"""Step: the promotion gate, the pipeline's last (labelspace.lifecycle.gatekeeper): the challenger and
+"""Step: the promotion gate, the pipeline's last (labelspace.lifecycle.promotion_gate): the challenger and
 the champion scored on this run's test split, the decision recorded, champion moved when it passes."""
 
 from typing import Annotated
@@ -20,7 +20,7 @@ def gate(
     """gate_decision: promoted | passed (promote.auto false) | rejected | unchanged."""
     import mlflow
 
-    from labelspace.lifecycle.gatekeeper import record_params, run_gate
+    from labelspace.lifecycle.promotion_gate import record_params, run_gate
     from labelspace.lifecycle.retry import client
     from labelspace.lifecycle.scoring import champion_scorer
 

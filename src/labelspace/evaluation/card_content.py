@@ -1,4 +1,4 @@
-"""What a model card says, as blocks (labelspace.evaluation.card renders them to Markdown and HTML).
+"""What a model card says, as blocks (labelspace.evaluation.card_render renders them to Markdown and HTML).
 
 Block kinds: h2, h3, p (a line of text with `code` and **bold**), ul (items), table (header, rows,
 caption), img (name of a plot in CardInputs.plots, caption), pre (preformatted text).
@@ -40,7 +40,7 @@ def _pct(value: Any) -> str:
 
 
 def sections(c) -> list[dict[str, Any]]:
-    """Every block of the card of `c` (labelspace.evaluation.card.CardInputs), in order."""
+    """Every block of the card of `c` (labelspace.evaluation.card_render.CardInputs), in order."""
     tags, report, analysis = c.tags, c.report or {}, c.analysis or {}
     spec = c.spec
     aliases = " ".join(f"`@{a}`" for a in c.aliases) or "no alias"

@@ -50,7 +50,7 @@ class VersionRecord:
         return dict(self.version.tags or {})
 
     def card_inputs(self):
-        from labelspace.evaluation.card import CardInputs
+        from labelspace.evaluation.card_render import CardInputs
 
         created = datetime.fromtimestamp(self.version.creation_timestamp / 1000, tz=UTC)
         return CardInputs(

@@ -2,7 +2,7 @@
 
 Built from plain inputs (`CardInputs`: the version's tags, its run's metrics report, the analyses and
 their plots, the bundle's spec and labels), so it needs neither MLflow nor the data; the MLflow glue
-that gathers them is labelspace.lifecycle.cards. One list of blocks renders to both formats.
+that gathers them is labelspace.lifecycle.version_record. One list of blocks renders to both formats.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labelspace.evaluation.card_sections import sections
+from labelspace.evaluation.card_content import sections
 
 
 @dataclass

@@ -30,7 +30,7 @@ COMPARED = {
 
 
 # What produces the weights, relative to the package folder.
-SOURCE_PARTS = ("__init__.py", "app.py", "config.py", "data", "model", "training", "steps", "pipelines")
+SOURCE_PARTS = ("__init__.py", "app.py", "config.py", "choices.py", "data", "model", "training", "steps", "pipelines")
 
 
 def source_hash() -> str:
@@ -48,7 +48,7 @@ def source_hash() -> str:
 
 def current_versions(config, *, dataset: str | None = None, vectors: str | None = None) -> dict[str, Any]:
     """The versions a run of `config` (labelspace.config.Config) would record, computed without training."""
-    from labelspace.data.versions import dataset_version
+    from labelspace.data.dvc_versions import dataset_version
     from labelspace.lifecycle.lineage import code_checkout, code_version
 
     dataset_path = config.resolve(dataset or config.ingest.dataset)

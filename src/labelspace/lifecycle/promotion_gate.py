@@ -1,4 +1,4 @@
-"""The gate, run: score the champion, decide (labelspace.lifecycle.gate), record, and move champion.
+"""The gate, run: score the champion, decide (labelspace.lifecycle.promotion_rules), record, and move champion.
 
 `run_gate` holds the champion lock from reading the champion to moving it, so the champion it
 compares with is the one it replaces, and a manual promote or a second gate waits its turn.
@@ -28,7 +28,7 @@ from typing import Any
 
 from labelspace.lifecycle import history
 from labelspace.lifecycle.champion import CHAMPION, StageHook, champion_lock, move_locked
-from labelspace.lifecycle.gate import Decision, comparison_table, decide, metric_values
+from labelspace.lifecycle.promotion_rules import Decision, comparison_table, decide, metric_values
 from labelspace.lifecycle.registry import alias_holder, resolve_version
 from labelspace.lifecycle.retry import client as mlflow_client
 from labelspace.lifecycle.scoring import Scored

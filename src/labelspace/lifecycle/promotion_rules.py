@@ -1,7 +1,7 @@
 """The promotion gate's decision, as a pure function: metrics of the challenger and of the champion
 (scored on the same test split) and `PromoteConfig` in, a `Decision` with every check and reason out.
 
-No MLflow, no ZenML, no I/O: labelspace.lifecycle.gatekeeper scores the champion, calls `decide` and
+No MLflow, no ZenML, no I/O: labelspace.lifecycle.promotion_gate scores the champion, calls `decide` and
 records the result. Rules, per metric named in `promote.metrics` (higher is better):
 
 * `minimum[m]`: the challenger needs at least this value (always, champion or not);
