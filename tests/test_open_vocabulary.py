@@ -43,3 +43,74 @@ def test_chance_hit_at_k_is_the_share_of_every_ranking(k):
     assert chance_hit_at_k(5, positives, k) == pytest.approx(np.mean(hits))
     assert chance_hit_at_k(20000, np.array([1]), 5) == pytest.approx(5 / 20000)
     assert math.isclose(chance_hit_at_k(3, np.array([3]), 5), 1.0)
+
+
+def test_conse_weights_a_hand_worked_image():
+    import torch
+
+    from labelspace.model.ranking import conse_distances, conse_weights
+
+    # One image, three training labels at D 0.1, 0.3, 0.9; the two nearest share the weight by softmax(-D / s).
+    seen_D = torch.tensor([[0.1, 0.3, 0.9]])
+    weights = conse_weights(seen_D, 2, torch.tensor(0.2))
+    e = math.exp(-0.2 / 0.2)
+    torch.testing.assert_close(weights, torch.tensor([[1 / (1 + e), e / (1 + e), 0.0]]))
+    # A word's ConSE distance is minus its weighted cosine to those labels.
+    cosines = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 1.0]])
+    torch.testing.assert_close(conse_distances(seen_D, cosines, 2, torch.tensor(0.2)),
+                               -torch.tensor([[1 / (1 + e), 0.5]]))
+
+
+def _conse_model(conse: int, prior: float, offset: float = 0.0):
+    import torch
+
+    from labelspace.model.networks import LabelSpaceModel
+
+    torch.manual_seed(0)
+    model = LabelSpaceModel(backbone="resnet18", k=3, d=6, pretrained=False, freeze_backbone=True, dropout=0.0,
+                            normalize=True, center_words=True, learn_scale=False, open_words="standardized").eval()
+    training = torch.randn(4, 6)
+    model.set_word_center(training)
+    model.fit_open_words(training, reference_outputs=torch.randn(40, 3, 6), offset=offset, prior=prior, conse=conse)
+    return model, training
+
+
+def test_conse_and_the_domain_prior_measure_other_words_and_never_a_training_label():
+    import torch
+
+    from labelspace.model.networks import Vocabulary, label_distances
+    from labelspace.model.ranking import conse_distances
+
+    model, training = _conse_model(conse=2, prior=3.0, offset=0.5)
+    plain, _ = _conse_model(conse=0, prior=0.0)
+    A, other = torch.randn(5, 3, 6), torch.randn(3, 6)
+    with torch.no_grad():
+        # A training label keeps its D in every mode.
+        torch.testing.assert_close(model.distances_from_output(A, training), plain.distances_from_output(A, training))
+        # Another word: m + s ((c - mu_c) / sigma_c + kappa + lambda (1 - cos to the nearest training label)),
+        # c its ConSE distance, mu_c and sigma_c over the reference images.
+        unit = torch.nn.functional.normalize
+        cosines = unit(model.prepare_words(other), dim=1) @ unit(model.training_words, dim=1).T
+        s = model.seen_scale[1]
+        m = model.seen_scale[0] - 0.5 * s
+        ref = conse_distances(label_distances(model.reference_A, model.training_words), cosines, 2, s)
+        A_unit = A / A.flatten(1).norm(dim=1).view(-1, 1, 1)
+        c = conse_distances(label_distances(A_unit, model.training_words), cosines, 2, s)
+        nearest = (unit(other, dim=1) @ unit(training, dim=1).T).amax(dim=1)
+        expected = m + s * ((c - ref.mean(dim=0)) / ref.std(dim=0) + 0.5 + 3.0 * (1 - nearest))
+        torch.testing.assert_close(model.distances_from_output(A, other), expected, rtol=1e-5, atol=1e-6)
+        # Rows of a vocabulary carry their own cosines and prior.
+        W = torch.cat([training[[1]], other])
+        vocabulary = model.vocabulary(W)
+        joined = Vocabulary.cat([vocabulary.rows(torch.tensor([3, 0])), model.vocabulary(W[[2]])])
+        torch.testing.assert_close(model.distances_from_output(A, joined),
+                                   model.distances_from_output(A, W)[:, [3, 0, 2]], rtol=1e-5, atol=1e-6)
+    # Both travel with the weights; a model saved before they existed reads as neither.
+    again, _ = _conse_model(conse=0, prior=0.0)
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again.distances_from_output(A, other), expected, rtol=1e-5, atol=1e-6)
+    older = {k: v for k, v in plain.state_dict().items() if k not in ("open_prior", "conse_top", "training_directions")}
+    again.load_state_dict(older)
+    with torch.no_grad():
+        torch.testing.assert_close(again.distances_from_output(A, other), plain.distances_from_output(A, other))

@@ -27,6 +27,9 @@ the words nearest to every image, whatever it shows, are hubs of the geometry, n
   than the others. Works whether or not the labels span every direction (64 noisy tags in 50-d do).
   `offset` κ (calibrated stacking) adds κ s to every such word: D' = m + s (κ + (D - mu_w) / sigma_w),
   a prior that a word never trained on applies less often than a training label does.
+  `conse` T > 0 standardizes ConSE's score instead of D: the cosine of the word to the image's T
+  nearest training labels, weighted by softmax(-D / s) (labelspace.model.ranking). `prior` λ (a
+  domain prior) adds λ s (1 - c_w), c_w the word's largest cosine to a training label (as given).
 A training label's D is unchanged in every mode. All are fitted after training (`fit_open_words`);
 until then (while training) D is raw.
 
@@ -45,7 +48,6 @@ from torch import nn
 
 from labelspace.choices import OPEN_WORDS
 from labelspace.model.backbones import Backbone, create_backbone
-
 
 WORD_BLOCK = 2048  # words per block when no gradient is needed: its (B k, block) projection stays in cache
 
@@ -80,10 +82,11 @@ class Vocabulary:
 
     raw: torch.Tensor  # (L, d) the vectors as given
     words: torch.Tensor  # (L, d) as label_distances takes them: prepared (and, "absent", in the label span)
-    add: torch.Tensor | None = None  # (L,) "absent": δ ||(I - P) ŵ||^2, added to D
+    add: torch.Tensor | None = None  # (L,) "absent": δ ||(I - P) ŵ||^2, added to D; "standardized": the prior λ s (1 - c_w)
     mu: torch.Tensor | None = None  # (L,) "standardized": the word's D over the reference images ...
     sigma: torch.Tensor | None = None  # (L,) ... and its standard deviation
     seen: torch.Tensor | None = None  # (L,) bool "standardized": a training label, whose D is kept
+    cosines: torch.Tensor | None = None  # (L, S) "standardized" with ConSE: the words' cosines to the training labels
     state: tuple = ()  # LabelSpaceModel._vocabulary_state
 
     def __len__(self) -> int:
@@ -95,7 +98,7 @@ class Vocabulary:
             return None if t is None else t.index_select(0, index.to(t.device))
 
         return Vocabulary(take(self.raw), take(self.words), take(self.add), take(self.mu), take(self.sigma),
-                          take(self.seen), self.state)
+                          take(self.seen), take(self.cosines), self.state)
 
     @staticmethod
     def cat(parts: list[Vocabulary]) -> Vocabulary:
@@ -168,6 +171,9 @@ class LabelSpaceModel(nn.Module):
             self.register_buffer("reference_A", torch.zeros(0, k, d))  # (R, k, d), unit Frobenius; R = 0: not fitted
             self.register_buffer("training_words", torch.zeros(0, d))  # the training labels, prepared
             self.register_buffer("seen_scale", torch.zeros(2))  # m, s
+            self.register_buffer("training_directions", torch.zeros(0, d))  # the training labels' unit vectors, as given
+            self.register_buffer("open_prior", torch.zeros(()))  # λ of the domain prior; 0: none
+            self.register_buffer("conse_top", torch.zeros((), dtype=torch.long))  # ConSE's T; 0: D standardized
         if learn_scale:
             self.log_scale = nn.Parameter(torch.zeros(()))  # D is multiplied by exp(log_scale)
         self.backbone_name = backbone
@@ -212,11 +218,14 @@ class LabelSpaceModel(nn.Module):
         return W
 
     def fit_open_words(self, training_vectors: torch.Tensor, absent_distance: float | None = None,
-                       reference_outputs: torch.Tensor | None = None, offset: float = 0.0) -> None:
+                       reference_outputs: torch.Tensor | None = None, offset: float = 0.0, prior: float = 0.0,
+                       conse: int = 0) -> None:
         """Fit the `open_words` mode (the module docstring) after training: "absent" needs δ,
         "standardized" the head's outputs A (R, k, d) on reference (validation) images and takes the
-        offset κ, in units of the training labels' mean spread s (kept in `seen_scale` as m + κ s)."""
-        W = self.prepare_words(torch.as_tensor(training_vectors, dtype=torch.float32).to(self.head.weight.device))
+        offset κ, in units of the training labels' mean spread s (kept in `seen_scale` as m + κ s), and
+        the domain prior λ (`open_prior`), in the same units, and ConSE's T (`conse_top`, 0: off)."""
+        given = torch.as_tensor(training_vectors, dtype=torch.float32).to(self.head.weight.device)
+        W = self.prepare_words(given)
         if self.open_words == "absent":
             _, singular, vh = torch.linalg.svd(W.double(), full_matrices=False)
             basis = vh[: int((singular > singular[0] * 1e-6).sum())]
@@ -228,12 +237,19 @@ class LabelSpaceModel(nn.Module):
             self.training_words = W
             mu, sigma = self._reference_stats(W)
             self.seen_scale = torch.stack([mu.mean() + offset * sigma.mean(), sigma.mean()])
+            self.training_directions = torch.nn.functional.normalize(given, dim=1)
+            self.open_prior = torch.tensor(float(prior), device=W.device)
+            self.conse_top = torch.tensor(int(conse), device=W.device)
         else:
             raise ValueError("fit_open_words needs a model built with open_words absent or standardized")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The reference set's size is known only once fitted: take the saved one's shape.
-        for name in ("reference_A", "training_words"):
+        if prefix + "reference_A" in state_dict and prefix + "open_prior" not in state_dict:
+            state_dict[prefix + "open_prior"] = torch.zeros(())  # saved before the domain prior existed: none
+            state_dict[prefix + "training_directions"] = torch.zeros(0, self.d)
+            state_dict[prefix + "conse_top"] = torch.zeros((), dtype=torch.long)
+        for name in ("reference_A", "training_words", "training_directions"):
             if prefix + name in state_dict and name in self._buffers:
                 self._buffers[name] = torch.empty_like(state_dict[prefix + name], device=self._buffers[name].device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -256,7 +272,8 @@ class LabelSpaceModel(nn.Module):
         """What a Vocabulary depends on: the options, and the buffers each with its version counter
         (bumped by every in-place change, load_state_dict's copy included; a reassigned buffer is
         another tensor)."""
-        names = ("word_center", "label_span", "absent_distance", "reference_A", "training_words", "seen_scale")
+        names = ("word_center", "label_span", "absent_distance", "reference_A", "training_words", "seen_scale",
+                 "training_directions", "open_prior", "conse_top")
         buffers = tuple((t, t._version) for t in (self._buffers.get(n) for n in names) if t is not None)
         return (self.center_words, self.normalize, self.open_words), buffers
 
@@ -273,11 +290,22 @@ class LabelSpaceModel(nn.Module):
         if self.open_words == "absent":
             inside = W @ self.label_span
             return Vocabulary(raw, inside, add=self.absent_distance * (W - inside).pow(2).sum(dim=1), state=state)
+        from labelspace.model import ranking
+
         with torch.no_grad():
-            mu, sigma = self._reference_stats(W)
             unit = torch.nn.functional.normalize
-            seen = (unit(W, dim=1) @ unit(self.training_words, dim=1).T).amax(dim=1) > 1 - 1e-5
-        return Vocabulary(raw, W, mu=mu, sigma=sigma, seen=seen, state=state)
+            cosines = unit(W, dim=1) @ unit(self.training_words, dim=1).T  # (L, S)
+            seen = cosines.amax(dim=1) > 1 - 1e-5
+            if int(self.conse_top):
+                reference = ranking.conse_distances(label_distances(self.reference_A, self.training_words), cosines,
+                                                    int(self.conse_top), self.seen_scale[1])
+                mu, sigma = reference.mean(dim=0), reference.std(dim=0).clamp_min(1e-6)
+            else:
+                (mu, sigma), cosines = self._reference_stats(W), None
+            prior = None
+            if float(self.open_prior) and self.training_directions.shape[0]:
+                prior = ranking.domain_prior(raw, self.training_directions, self.open_prior, self.seen_scale[1])
+        return Vocabulary(raw, W, add=prior, mu=mu, sigma=sigma, seen=seen, cosines=cosines, state=state)
 
     def _vocabulary_for(self, W: torch.Tensor | Vocabulary, device: torch.device) -> Vocabulary:
         """W as a Vocabulary of this model's current state. Raw vectors without a gradient to follow
@@ -304,14 +332,22 @@ class LabelSpaceModel(nn.Module):
         A = self._unit(A)  # ||A||_F = 1 per image when normalize
         words = self._vocabulary_for(W, A.device)
         D = label_distances(A, words.words)
-        if words.add is not None:
+        if words.mu is None and words.add is not None:
             D = D + words.add
         elif words.mu is not None and not bool(words.seen.all()):
             # D' = m + s (D - mu) / sigma, in place (the same operations in the same order); a training
             # label keeps its own D: its prepared vector is one of training_words.
             m, s = self.seen_scale[0], self.seen_scale[1]
-            standardized = D - words.mu
+            if words.cosines is not None:  # ConSE's score, from the image's D of the training labels
+                from labelspace.model.ranking import conse_distances
+
+                seen_D = label_distances(A, self.training_words)
+                standardized = conse_distances(seen_D, words.cosines, int(self.conse_top), s) - words.mu
+            else:
+                standardized = D - words.mu
             standardized.mul_(s).div_(words.sigma).add_(m)
+            if words.add is not None:
+                standardized.add_(words.add)  # the domain prior
             if bool(words.seen.any()):
                 standardized = torch.where(words.seen, D, standardized)
             D = standardized
