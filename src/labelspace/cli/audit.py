@@ -1,5 +1,7 @@
 """`labelspace audit VERSION|@ALIAS [--json]`, `audit --diff A B`, `audit --dataset-version HASH`: what
-produced a model version, how two differ, which versions one dataset made (labelspace.lifecycle.audit)."""
+produced a model version, how two differ, which versions one dataset made (labelspace.lifecycle.audit);
+`audit --verify`: whether the champion history is whole (its hash chain, labelspace.lifecycle.history_chain),
+exit 1 naming each altered or missing record."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("version", nargs="?", help="a version number or an @alias (e.g. 3, @champion)")
     p.add_argument("--diff", nargs=2, metavar=("A", "B"), help="params, data, code and metrics of B against A")
     p.add_argument("--dataset-version", metavar="HASH", help="every version trained on this data version (or prefix)")
+    p.add_argument("--verify", action="store_true",
+                   help="check that the champion history is whole: exit 1 naming each altered or missing record")
     p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="registered model name (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
 
@@ -29,9 +33,11 @@ def _project_root():
 def run_cli(args: argparse.Namespace) -> int:
     from labelspace.lifecycle import audit
 
-    chosen = [x for x in (args.version, args.diff, args.dataset_version) if x]
+    chosen = [x for x in (args.version, args.diff, args.dataset_version, args.verify) if x]
     if len(chosen) != 1:
-        raise ValueError("give exactly one of VERSION|@ALIAS, --diff A B, --dataset-version HASH")
+        raise ValueError("give exactly one of VERSION|@ALIAS, --diff A B, --dataset-version HASH, --verify")
+    if args.verify:
+        return _verify(args)
     if args.diff:
         result = audit.diff(args.model, *args.diff, project_root=_project_root())
         text = audit.format_diff(result)
@@ -43,3 +49,23 @@ def run_cli(args: argparse.Namespace) -> int:
         text = audit.format_audit(result)
     print(json.dumps(result, indent=2, default=str) if args.json else text)
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from labelspace.lifecycle.history import events, verify
+    from labelspace.lifecycle.retry import client
+
+    model = args.model
+    problems, notes = verify(client(), model)
+    count = len(events(client(), model))
+    if args.json:
+        print(json.dumps({"model": model, "records": count, "whole": not problems, "problems": problems,
+                          "notes": notes}, indent=2))
+    else:
+        for line in notes:
+            print(f"note: {line}")
+        for line in problems:
+            print(f"NOT WHOLE: {line}")
+        if not problems:
+            print(f"the champion history of {model} is whole: {count} records, every link and the anchor check out")
+    return 1 if problems else 0

@@ -10,9 +10,12 @@ entry to a concurrent read-modify-write). Each move is a run tagged
     event.source = gate | manual | rollback,  event.reason,  event.actor (user@host),  event.time
     event.gate_run_id                  the gate's run holding the comparison, for gate moves
 
-and ordered by `event.seq`, a counter kept in the registered model's tag `lifecycle.<alias>.seq`.
-Moves happen only under the registry's champion lock (labelspace.lifecycle.lock), so the counter,
-the alias and the run are written by one process at a time and the order is the order of the moves.
+and ordered by `event.seq`: one more than the highest number used so far (records, deleted ones
+included, and the chain's anchor). Each record is a link of a hash chain (labelspace.lifecycle.history_chain:
+`event.hash`, `event.prev_seq`, `event.prev_hash`, `event.prev_status`, and the registered model's tag
+`lifecycle.<alias>.head`), which `labelspace audit --verify` checks. Moves happen only under the
+registry's champion lock (labelspace.lifecycle.lock), so the number, the link, the alias and the run
+are written by one process at a time and the order is the order of the moves.
 
 A move is written as intent first (the run starts RUNNING), then the aliases move, then the run ends
 FINISHED. A process killed in between leaves a RUNNING run; the next move, under the same lock,
@@ -31,6 +34,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from labelspace.lifecycle import history_chain
 from labelspace.lifecycle.retry import RetryingClient
 
 MOVE = "alias-move"
@@ -44,7 +48,12 @@ def experiment_name(model_name: str) -> str:
 
 
 def actor() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
+    """Who moves: the MLflow login on a team's server (the server checked its password), else user@host."""
+    import os
+
+    local = f"{getpass.getuser()}@{socket.gethostname()}"
+    login = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    return f"{login} ({local})" if login else local
 
 
 def now_iso() -> str:
@@ -96,15 +105,18 @@ def _event(run) -> Event:
                  run_id=run.info.run_id, gate_run_id=t.get("event.gate_run_id") or None)
 
 
-def search(client: RetryingClient, model_name: str, kind: str, extra: str = "") -> list:
-    """Every run of `kind` in the model's lifecycle experiment (all pages)."""
+def search(client: RetryingClient, model_name: str, kind: str, extra: str = "", *, deleted: bool = False) -> list:
+    """Every run of `kind` in the model's lifecycle experiment (all pages; deleted ones too if asked)."""
+    from mlflow.entities import ViewType
+
     experiment = client.get_experiment_by_name(experiment_name(model_name))
     if experiment is None:
         return []
     query = f"tags.`lifecycle.kind` = '{kind}'" + (f" and {extra}" if extra else "")
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment.experiment_id], query, max_results=1000, page_token=token)
+        page = client.search_runs([experiment.experiment_id], query, max_results=1000, page_token=token,
+                                  run_view_type=ViewType.ALL if deleted else ViewType.ACTIVE_ONLY)
         runs.extend(page)
         token = page.token
         if not token:
@@ -126,12 +138,26 @@ def reconcile(client: RetryingClient, model_name: str, alias: str, holder: str |
         client.set_terminated(run.info.run_id, "FINISHED" if moved else "FAILED")
 
 
-def next_seq(client: RetryingClient, model_name: str, alias: str) -> int:
-    """The next event number of `alias` (the registered model's counter, advanced; call under the lock)."""
-    key = f"lifecycle.{alias}.seq"
-    current = int(client.get_registered_model(model_name).tags.get(key, "0") or 0)
-    client.set_registered_model_tag(model_name, key, str(current + 1))
-    return current + 1
+def chain_state(client: RetryingClient, model_name: str, alias: str) -> tuple[list, history_chain.Head | None]:
+    """Every move record of `alias`, deleted ones included, and the chain's anchor."""
+    runs = search(client, model_name, MOVE, f"tags.`event.alias` = '{alias}'", deleted=True)
+    tags = client.get_registered_model(model_name).tags
+    return runs, history_chain.Head.parse(tags.get(history_chain.head_tag(alias)))
+
+
+def verify(client: RetryingClient, model_name: str, alias: str = "champion") -> tuple[list[str], list[str]]:
+    """(problems, notes) of `alias`'s history: altered or missing records named (labelspace.lifecycle.history_chain)."""
+    runs, head = chain_state(client, model_name, alias)
+    return history_chain.verify(runs, head, alias)
+
+
+def _next(client: RetryingClient, model_name: str, alias: str) -> tuple[int, history_chain.Link]:
+    """The next event number of `alias` and its link into the chain (call under the lock)."""
+    runs, head = chain_state(client, model_name, alias)
+    legacy = client.get_registered_model(model_name).tags.get(f"lifecycle.{alias}.seq", "0")  # before the chain
+    used = [int(r.data.tags.get("event.seq", "0") or 0) for r in runs] + [int(legacy or 0), head.seq if head else 0]
+    live = [r for r in runs if r.info.lifecycle_stage != "deleted"]
+    return max(used) + 1, history_chain.link_after(head, live)
 
 
 def start_move(client: RetryingClient, model_name: str, *, alias: str, version: str, previous: str | None,
@@ -140,12 +166,13 @@ def start_move(client: RetryingClient, model_name: str, *, alias: str, version: 
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     experiment = lifecycle_experiment(client, model_name)
-    seq, when = next_seq(client, model_name, alias), now_iso()
+    (seq, link), when = _next(client, model_name, alias), now_iso()
     arrow = f"v{previous} -> v{version}" if previous else f"none -> v{version}"
     tags = {"lifecycle.kind": MOVE, "event.model": model_name, "event.alias": alias, "event.seq": str(seq),
             "event.version": str(version), "event.previous": previous or "", "event.source": source,
             "event.reason": clip(reason), "event.actor": actor(), "event.time": when,
-            "event.gate_run_id": gate_run_id or ""}
+            "event.gate_run_id": gate_run_id or "", **link.tags()}
+    tags["event.hash"] = history_chain.content_hash(tags)
     run = client.create_run(experiment, tags=tags, run_name=f"#{seq} {alias} {arrow} ({source})")
     return run.info.run_id, seq, when
 
@@ -153,9 +180,17 @@ def start_move(client: RetryingClient, model_name: str, *, alias: str, version: 
 def finish_move(client: RetryingClient, run_id: str, *, note: str | None = None) -> None:
     if note:
         client.set_tag(run_id, "event.zenml", clip(note))
-    client.set_terminated(run_id, "FINISHED")
+    _end(client, run_id, "FINISHED")
 
 
 def fail_move(client: RetryingClient, run_id: str, error: str) -> None:
     client.set_tag(run_id, "event.error", clip(error))
-    client.set_terminated(run_id, "FAILED")
+    _end(client, run_id, "FAILED")
+
+
+def _end(client: RetryingClient, run_id: str, status: str) -> None:
+    """End the record, then anchor the chain at it (the registered model's `lifecycle.<alias>.head`)."""
+    client.set_terminated(run_id, status)
+    tags = client.get_run(run_id).data.tags
+    head = history_chain.Head(int(tags["event.seq"]), status, tags["event.hash"])
+    client.set_registered_model_tag(tags["event.model"], history_chain.head_tag(tags["event.alias"]), head.text())
