@@ -29,7 +29,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from labelspace.lifecycle.reproduction_verdict import Verdict
+from labelspace.app import TELEMETRY_OFF, params_hash
+from labelspace.config import load_params
+from labelspace.data.restore import DataUnavailable, relative_to_tree, restore_output
+from labelspace.lifecycle.audit import run_params, version_metrics
+from labelspace.lifecycle.lineage import PACKAGES_ARTIFACT, code_checkout, lock_hash
+from labelspace.lifecycle.registry import resolve_version, versions
+from labelspace.lifecycle.reproduction_verdict import Verdict, judge, lock_pins, package_differences
+from labelspace.lifecycle.retry import client as mlflow_client
+from labelspace.training.runtime import describe_runtime
 
 WORKTREE = "tree"
 CHILD_ENV_DROPPED = ("MLFLOW_", "ZENML_STORE_", "ZENML_SERVER", "ZENML_CONFIG_PATH", "LABELSPACE_PARAMS",
@@ -81,8 +89,6 @@ def refusal(number: str, tags: dict[str, str]) -> str | None:
 
 def source_repository(project_root: Path, commit: str) -> Path:
     """The git checkout holding `commit`: the project's, else the one the running code comes from."""
-    from labelspace.lifecycle.lineage import code_checkout
-
     for folder in (project_root, code_checkout(project_root)):
         top = _git(folder, "rev-parse", "--show-toplevel", check=False)
         if top and subprocess.run(["git", "-C", top, "cat-file", "-e", f"{commit}^{{commit}}"],
@@ -121,8 +127,6 @@ def place_params(tree: Path, tags: dict[str, str], recorded: dict | None, notes:
     """The params file in the worktree, holding exactly the version's params (module doc)."""
     import yaml
 
-    from labelspace.app import params_hash
-    from labelspace.config import load_params
 
     path = tree / tags.get("params.path", "params.yaml")
     if path.is_file() and params_hash(load_params(path)) == tags.get("params.hash"):
@@ -137,8 +141,6 @@ def place_params(tree: Path, tags: dict[str, str], recorded: dict | None, notes:
 
 
 def restore_data(tree: Path, params_file: Path, tags: dict[str, str], source: Path, echo) -> None:
-    from labelspace.config import load_params
-    from labelspace.data.restore import DataUnavailable, relative_to_tree, restore_output
 
     params = load_params(params_file)
     for key, path in (("data.dataset_version", params["ingest"]["dataset"]),
@@ -151,7 +153,6 @@ def restore_data(tree: Path, params_file: Path, tags: dict[str, str], source: Pa
 
 
 def child_environment(tree: Path, params_file: Path, workdir: Path, threads: str | None, cpu_only: bool) -> dict:
-    from labelspace.app import TELEMETRY_OFF
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(CHILD_ENV_DROPPED)}
     env.update(TELEMETRY_OFF)
@@ -186,11 +187,6 @@ def retrain(tree: Path, params_file: Path, workdir: Path, env: dict, echo) -> No
 
 def reproduced_version(workdir: Path, model_name: str) -> tuple[dict[str, str], dict[str, float], dict | None]:
     """(tags, test metrics, installed packages) of the version the reproduction registered in its own store."""
-    from labelspace.lifecycle.audit import version_metrics
-    from labelspace.lifecycle.lineage import PACKAGES_ARTIFACT
-    from labelspace.lifecycle.registry import versions
-    from labelspace.lifecycle.retry import client as mlflow_client
-
     client = mlflow_client(f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
     found = versions(model_name, client)
     if not found:
@@ -204,7 +200,6 @@ def environment_now(source: Path, tags: dict[str, str], threads: str | None, cpu
     commit from before env.* existed): this interpreter, machine and the thread count it was given."""
     import torch
 
-    from labelspace.training.runtime import describe_runtime
 
     device = "cpu" if cpu_only or not torch.cuda.is_available() else "cuda"
     runtime = describe_runtime(device, int(threads or torch.get_num_threads()))
@@ -214,13 +209,6 @@ def environment_now(source: Path, tags: dict[str, str], threads: str | None, cpu
 def reproduce(model_name: str, ref: str, *, project_root: Path, workdir: Path | None = None,
               threads: int | None = None, record: bool = True, echo=print) -> Reproduction:
     """Rebuild version `ref` of `model_name` and judge it (module doc); records `reproduced.*` on it."""
-    from labelspace.config import load_params
-    from labelspace.lifecycle.audit import run_params, version_metrics
-    from labelspace.lifecycle.lineage import PACKAGES_ARTIFACT, code_checkout, lock_hash
-    from labelspace.lifecycle.registry import resolve_version
-    from labelspace.lifecycle.reproduction_verdict import judge, lock_pins, package_differences
-    from labelspace.lifecycle.retry import client as mlflow_client
-
     client = mlflow_client()
     version = resolve_version(model_name, ref, client=client)
     number, tags = str(version.version), dict(version.tags)
