@@ -9,7 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-ACTIONS = ("up", "down", "status", "env", "backup", "restore")
+ACTIONS = ("up", "down", "status", "env", "backup", "restore", "user")
+USER_VERBS = ("add", "list", "disable", "reset-password", "env")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -17,7 +18,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     from labelspace.deploy.team import DEFAULT_DIR, DEFAULT_PORTS, SERVICES
 
     p.add_argument("action", choices=ACTIONS, help="what to do")
-    p.add_argument("backup_dir", nargs="?", default=None, help="restore: the folder `team backup --out` wrote")
+    p.add_argument("backup_dir", nargs="?", default=None, help="restore: the folder `team backup --out` wrote; "
+                   f"user: {'|'.join(USER_VERBS)}")
+    p.add_argument("login", nargs="?", default=None, help="user add|disable|reset-password|env: the person's login")
+    p.add_argument("--role", default=None, help="user add: reader|trainer|approver|admin (docs/team-server.md)")
     p.add_argument("--dir", default=None, help=f"the stack's folder (default: {DEFAULT_DIR}/ in the current folder; "
                    "restore: the new stack's folder, absent or empty)")
     p.add_argument("--out", default=None, help="backup: the folder to write (absent or empty), e.g. named by the date")
@@ -80,6 +84,8 @@ def run_cli(args: argparse.Namespace) -> int:
             print(f"team stack restored from {args.backup_dir} and up in {info['seconds']} s")
         _print_info(info)
         return 0
+    if args.action == "user":
+        return _user(args)
     if args.action == "backup":
         if not args.out:
             raise team.TeamError("backup needs --out DIR: the folder to write (absent or empty)")
@@ -106,6 +112,36 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"# labelspace team stack in {info['folder']}")
     for key, value in (info["ci_env"] if args.ci else info["env"]).items():
         print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def _user(args: argparse.Namespace) -> int:
+    """`team user add NAME --role R | list | disable NAME | reset-password NAME | env NAME`; passwords only in files."""
+    from labelspace.deploy import team
+    from labelspace.deploy.users import Accounts
+
+    verb, name = args.backup_dir, args.login
+    if verb not in USER_VERBS or (verb != "list" and not name) or (verb == "add" and not args.role):
+        raise team.TeamError("usage: labelspace team user add NAME --role reader|trainer|approver|admin, "
+                             "list, disable NAME, reset-password NAME, env NAME")
+    stack = team.read_stack(args.dir)
+    accounts = Accounts(stack.layout, stack.config, stack.sec)
+    if verb == "list":
+        for login, entry in sorted(accounts.users().items()):
+            print(f"  {login:<20} {entry['role']:<9} {entry['state']:<9} since {entry['changed']}")
+        return 0
+    if verb == "disable":
+        accounts.disable(name)
+        print(f"{name} disabled on MLflow and ZenML (MLflow workers that checked the old password keep it "
+              "for at most a minute)")
+        return 0
+    if verb == "env":
+        for key, value in accounts.env(name).items():
+            print(f"export {key}={shlex.quote(value)}")
+        return 0
+    path = accounts.add(name, args.role) if verb == "add" else accounts.reset_password(name)
+    print(f"{name} ({accounts.users()[name]['role']}): password in {path} (mode 600); hand it over, then delete "
+          f"the file. {name} exports: eval \"$(labelspace team user env {name})\"")
     return 0
 
 

@@ -1,0 +1,249 @@
+"""People and roles on the team stack: one personal login per person, on MLflow and on the ZenML server.
+
+`labelspace team user add NAME --role reader|trainer|approver|admin` creates the MLflow user and
+grants its role's permissions (the table ROLE_GRANTS, which docs/team-server.md reproduces), and the
+ZenML user; `retrain` is the service account the scheduler and CI run as (the gate's login: it may
+move production). MLflow enforces the grants itself, per experiment and per registered model; every
+resource not in the table is READ for every login (`default_permission` of basic_auth.ini).
+
+Passwords are generated here and written to FOLDER/users/NAME.password (mode 600, the folder 700),
+never printed, put on a command line or logged; a person gets that file's content once, by hand.
+`disable` changes the MLflow password to one nobody knows and deactivates the ZenML user (MLflow
+has no disabled state; a worker that checked the old password keeps it for at most a minute, the
+auth cache); `reset-password` writes a new file. FOLDER/users.json lists names, roles and states.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from labelspace.deploy.mlflow_server import ADMIN_USER, mlflow_url
+from labelspace.deploy.processes import Layout, TeamError, http_status, read_json, write_private
+from labelspace.deploy.zenml_server import zenml_url
+
+ROLES = ("reader", "trainer", "approver", "admin")
+SERVICE_ACCOUNT = "retrain"
+CANDIDATE_MODEL = "labelspace"  # every trained version: trainers register here
+PRODUCTION_MODEL = "labelspace-production"  # what serves: only approvers and the gate change it
+TRAINING_EXPERIMENT = "labelspace"
+LIFECYCLE_EXPERIMENT = f"{PRODUCTION_MODEL}-lifecycle"  # the promotion records (labelspace.lifecycle.history)
+
+# (resource type, name) -> the permission each role gets there; absent: READ. `retrain` is the gate.
+ROLE_GRANTS: dict[tuple[str, str], dict[str, str]] = {
+    ("experiment", TRAINING_EXPERIMENT): {"trainer": "EDIT", "approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
+    ("experiment", LIFECYCLE_EXPERIMENT): {"approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
+    ("registered_model", CANDIDATE_MODEL): {"trainer": "EDIT", "approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
+    ("registered_model", f"{CANDIDATE_MODEL}--retrain-lock"): {"trainer": "EDIT", "approver": "EDIT",
+                                                               SERVICE_ACCOUNT: "EDIT"},
+    ("registered_model", PRODUCTION_MODEL): {"approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
+    ("registered_model", f"{PRODUCTION_MODEL}--champion-lock"): {"approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
+}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _check_name(name: str) -> None:
+    if not name or not all(c.isalnum() or c in "._-" for c in name) or name in (ADMIN_USER, "team", "ci"):
+        raise TeamError(f"{name!r} is not a usable login: letters, digits, '.', '_' or '-', and not one of "
+                        f"{ADMIN_USER}, team, ci (the stack's own)")
+
+
+class Accounts:
+    """The stack's personal accounts; `config`/`sec` are team.json and secrets.json."""
+
+    def __init__(self, layout: Layout, config: dict[str, Any], sec: dict[str, str]) -> None:
+        self.layout, self.config, self.sec = layout, config, sec
+        self.mlflow = mlflow_url(config)
+        self.admin = (ADMIN_USER, sec["admin_password"])
+        self.registry_file = layout.root / "users.json"
+        self.folder = layout.root / "users"
+
+    # ------------------------------------------------------------------------------------ files
+
+    def users(self) -> dict[str, dict[str, Any]]:
+        return read_json(self.registry_file) or {}
+
+    def _save(self, users: dict[str, dict[str, Any]]) -> None:
+        write_private(self.registry_file, json.dumps(users, indent=2) + "\n")
+
+    def password_file(self, name: str) -> Path:
+        return self.folder / f"{name}.password"
+
+    def _new_password(self, name: str) -> str:
+        password = secrets.token_urlsafe(24)
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        self.folder.chmod(0o700)
+        write_private(self.password_file(name), password + "\n")
+        return password
+
+    # ------------------------------------------------------------------------------------ MLflow
+
+    def _mlflow(self, path: str, body: dict | None = None, method: str = "POST") -> tuple[int, dict]:
+        status, text = http_status(f"{self.mlflow}{path}", auth=self.admin, method=method, body=body, timeout=30)
+        try:
+            return status, json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            return status, {"message": text[:300]}
+
+    def _must(self, what: str, status: int, answer: dict, ok: tuple[int, ...] = (200,)) -> dict:
+        if status not in ok:
+            raise TeamError(f"{what} failed on MLflow ({status}): {answer.get('message', answer)}")
+        return answer
+
+    def ensure_resources(self) -> dict[tuple[str, str], str]:
+        """Create (as admin) every experiment and registered model of ROLE_GRANTS; (type, name) -> resource id."""
+        ids = {}
+        for kind, name in ROLE_GRANTS:
+            if kind == "experiment":
+                query = urllib.parse.urlencode({"experiment_name": name})
+                status, answer = self._mlflow(f"/api/2.0/mlflow/experiments/get-by-name?{query}", method="GET")
+                if status != 200:
+                    status, answer = self._mlflow("/api/2.0/mlflow/experiments/create", {"name": name})
+                    answer = {"experiment": {"experiment_id": self._must(f"creating experiment {name}", status,
+                                                                         answer)["experiment_id"]}}
+                ids[(kind, name)] = answer["experiment"]["experiment_id"]
+            else:
+                status, answer = self._mlflow("/api/2.0/mlflow/registered-models/create", {"name": name})
+                self._must(f"creating registered model {name}", status, answer, ok=(200, 400))
+                if status == 400 and answer.get("error_code") != "RESOURCE_ALREADY_EXISTS":
+                    self._must(f"creating registered model {name}", status, answer)
+                ids[(kind, name)] = name
+        return ids
+
+    def _grant(self, name: str, role: str) -> None:
+        for (kind, resource), rid in self.ensure_resources().items():
+            permission = ROLE_GRANTS[(kind, resource)].get(role)
+            if permission is None:
+                continue
+            body = {"username": name, "resource_type": kind, "resource_id": rid, "permission": permission}
+            status, answer = self._mlflow("/api/3.0/mlflow/users/permissions/grant", body)
+            if status != 200 and answer.get("error_code") != "RESOURCE_ALREADY_EXISTS":
+                self._must(f"granting {permission} on {kind} {resource} to {name}", status, answer)
+
+    def _mlflow_password(self, name: str, password: str) -> None:
+        status, answer = self._mlflow("/api/2.0/mlflow/users/update-password",
+                                      {"username": name, "password": password}, method="PATCH")
+        self._must(f"setting the password of {name}", status, answer)
+
+    # ------------------------------------------------------------------------------------ ZenML
+
+    def _zenml_token(self) -> str:
+        body = urllib.parse.urlencode({"username": ADMIN_USER, "password": self.sec["zenml_admin_password"]})
+        request = urllib.request.Request(f"{zenml_url(self.config)}/api/v1/login", data=body.encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())["access_token"]
+        except OSError as e:
+            raise TeamError(f"the ZenML server at {zenml_url(self.config)} refused the {ADMIN_USER} login "
+                            f"({getattr(e, 'code', e)}): is the stack up (`labelspace team status`)?") from None
+
+    def _zenml(self, path: str, body: dict | None = None, method: str = "POST") -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{zenml_url(self.config)}/api/v1{path}", data=data, method=method,
+                                         headers={"Authorization": f"Bearer {self._zenml_token()}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, {"message": e.read().decode(errors="replace")[:300]}
+
+    def _zenml_user(self, name: str, password: str, *, admin: bool) -> None:
+        status, answer = self._zenml("/users", {"name": name, "password": password, "active": True,
+                                                "is_admin": admin})
+        if status == 409:  # exists: a new password by deactivating and activating again
+            self._zenml_reactivate(name, password)
+        elif status != 200:
+            raise TeamError(f"creating the ZenML user {name} failed ({status}): {answer.get('message')}")
+
+    def _zenml_deactivate(self, name: str) -> str:
+        status, answer = self._zenml(f"/users/{name}/deactivate", method="PUT")
+        if status != 200:
+            raise TeamError(f"deactivating the ZenML user {name} failed ({status}): {answer.get('message')}")
+        return answer.get("body", {}).get("activation_token") or answer.get("activation_token", "")
+
+    def _zenml_reactivate(self, name: str, password: str) -> None:
+        token = self._zenml_deactivate(name)
+        status, answer = self._zenml(f"/users/{name}/activate", {"activation_token": token, "password": password},
+                                     method="PUT")
+        if status != 200:
+            raise TeamError(f"activating the ZenML user {name} failed ({status}): {answer.get('message')}")
+
+    # ------------------------------------------------------------------------------------ commands
+
+    def add(self, name: str, role: str) -> Path:
+        """Create `name` with `role` on both servers; the path of its password file."""
+        _check_name(name)
+        if role not in ROLES and not (name == SERVICE_ACCOUNT and role == SERVICE_ACCOUNT):
+            raise TeamError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        users = self.users()
+        if name in users and users[name]["state"] == "active":
+            raise TeamError(f"{name} exists ({users[name]['role']}); `labelspace team user reset-password {name}` "
+                            "gives a new password")
+        password = self._new_password(name)
+        status, answer = self._mlflow("/api/2.0/mlflow/users/create", {"username": name, "password": password})
+        if status != 200:
+            if answer.get("error_code") != "RESOURCE_ALREADY_EXISTS":
+                self._must(f"creating the MLflow user {name}", status, answer)
+            self._mlflow_password(name, password)
+        if role == "admin":
+            self._must(f"making {name} an MLflow admin", *self._mlflow(
+                "/api/2.0/mlflow/users/update-admin", {"username": name, "is_admin": True}, method="PATCH"))
+        else:
+            self._grant(name, role)
+        self._zenml_user(name, password, admin=role == "admin")
+        users[name] = {"role": role, "state": "active", "created": users.get(name, {}).get("created", _now()),
+                       "changed": _now()}
+        self._save(users)
+        return self.password_file(name)
+
+    def _known(self, name: str) -> dict[str, Any]:
+        users = self.users()
+        if name not in users:
+            raise TeamError(f"no user {name} in {self.registry_file}; `labelspace team user list` shows them")
+        return users[name]
+
+    def disable(self, name: str) -> None:
+        entry = self._known(name)
+        self._mlflow_password(name, secrets.token_urlsafe(32))  # known to nobody
+        if self._zenml(f"/users/{name}", method="GET")[1].get("body", {}).get("active", True):
+            self._zenml_deactivate(name)
+        self.password_file(name).unlink(missing_ok=True)
+        users = self.users()
+        users[name] = {**entry, "state": "disabled", "changed": _now()}
+        self._save(users)
+
+    def reset_password(self, name: str) -> Path:
+        entry = self._known(name)
+        password = self._new_password(name)
+        self._mlflow_password(name, password)
+        self._zenml_reactivate(name, password)
+        users = self.users()
+        users[name] = {**entry, "state": "active", "changed": _now()}
+        self._save(users)
+        return self.password_file(name)
+
+    def ensure_service_account(self) -> Path:
+        """`retrain`, the scheduler's and CI's login (the gate's permissions), created once."""
+        if SERVICE_ACCOUNT in self.users():
+            return self.password_file(SERVICE_ACCOUNT)
+        return self.add(SERVICE_ACCOUNT, SERVICE_ACCOUNT)
+
+    def env(self, name: str) -> dict[str, str]:
+        """What `name` exports (its password read from its file)."""
+        entry = self._known(name)
+        if entry["state"] != "active":
+            raise TeamError(f"{name} is disabled; `labelspace team user reset-password {name}` enables it again")
+        password = self.password_file(name).read_text().strip()
+        return {"MLFLOW_TRACKING_URI": self.mlflow, "MLFLOW_TRACKING_USERNAME": name,
+                "MLFLOW_TRACKING_PASSWORD": password, "ZENML_STORE_URL": zenml_url(self.config),
+                "ZENML_STORE_USERNAME": name, "ZENML_STORE_PASSWORD": password}

@@ -1,0 +1,137 @@
+"""People and roles on a real team stack, proved with the servers' own REST APIs (not labelspace):
+a trainer registers candidates but gets 403 on production and on the promotion records, a reader
+cannot register, an approver and the `retrain` service account can move production, anonymous
+gets 401; ZenML logins follow add, disable and reset-password; no password in a log or in `ps`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+from team_support import ANY_FREE_PORT, QUIET, missing, stack_folder
+
+from labelspace.deploy import team
+from labelspace.deploy.processes import http_status
+from labelspace.deploy.users import (
+    CANDIDATE_MODEL,
+    LIFECYCLE_EXPERIMENT,
+    PRODUCTION_MODEL,
+    SERVICE_ACCOUNT,
+    TRAINING_EXPERIMENT,
+    Accounts,
+)
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
+
+
+@pytest.fixture(scope="module")
+def stack():
+    folder = stack_folder("labelspace-roles-")
+    try:
+        info = team.team_up(folder, **ANY_FREE_PORT, workers=1, out=QUIET)
+        st = team.read_stack(folder)
+        accounts = Accounts(st.layout, st.config, st.sec)
+        for name, role in (("tess", "trainer"), ("abe", "approver"), ("rita", "reader"),
+                           (SERVICE_ACCOUNT, SERVICE_ACCOUNT)):
+            accounts.add(name, role)
+        logins = {name: (name, accounts.password_file(name).read_text().strip()) for name in accounts.users()}
+        yield info, accounts, logins
+    finally:
+        team.team_down(folder, out=QUIET)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def api(info, path: str, login=None, body=None, method="POST"):
+    status, text = http_status(f"{info['mlflow_uri']}{path}", auth=login, method=method, body=body, timeout=30)
+    return status, text
+
+
+def experiment_id(info, name: str, login) -> str:
+    import json
+
+    status, text = api(info, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}", login, method="GET")
+    assert status == 200, text
+    return json.loads(text)["experiment"]["experiment_id"]
+
+
+def new_version(info, model: str, login) -> tuple[int, str]:
+    """A run in the training experiment and a version of `model` from it, as `login`."""
+    import json
+
+    status, text = api(info, "/api/2.0/mlflow/runs/create", login,
+                       {"experiment_id": experiment_id(info, TRAINING_EXPERIMENT, login)})
+    if status != 200:
+        return status, text
+    run = json.loads(text)["run"]["info"]
+    status, text = api(info, "/api/2.0/mlflow/model-versions/create", login,
+                       {"name": model, "source": f"{run['artifact_uri']}/model", "run_id": run["run_id"]})
+    return status, (json.loads(text)["model_version"]["version"] if status == 200 else text)
+
+
+def test_roles_are_enforced_by_mlflow_itself(stack):
+    info, _, logins = stack
+    tess, abe, rita, gate = logins["tess"], logins["abe"], logins["rita"], logins[SERVICE_ACCOUNT]
+    assert api(info, "/api/2.0/mlflow/registered-models/search", None, method="GET")[0] == 401
+    assert new_version(info, CANDIDATE_MODEL, rita)[0] == 403  # a reader cannot register
+    status, candidate = new_version(info, CANDIDATE_MODEL, tess)  # a trainer can
+    assert status == 200, candidate
+    source = f"models:/{CANDIDATE_MODEL}/{candidate}"
+    # production: a trainer cannot add a version, move its alias, delete a version or write a record
+    assert api(info, "/api/2.0/mlflow/model-versions/create", tess, {"name": PRODUCTION_MODEL, "source": source})[0] == 403
+    status, text = api(info, "/api/2.0/mlflow/model-versions/create", abe, {"name": PRODUCTION_MODEL, "source": source})
+    assert status == 200, text  # an approver copies the candidate into production
+    alias = {"name": PRODUCTION_MODEL, "alias": "champion", "version": "1"}
+    assert api(info, "/api/2.0/mlflow/registered-models/alias", tess, alias)[0] == 403
+    assert api(info, "/api/2.0/mlflow/registered-models/alias", rita, alias)[0] == 403
+    assert api(info, "/api/2.0/mlflow/registered-models/alias", abe, alias)[0] == 200
+    assert api(info, "/api/2.0/mlflow/registered-models/alias", gate, alias)[0] == 200  # the gate's account
+    assert api(info, "/api/2.0/mlflow/model-versions/delete", tess, {"name": PRODUCTION_MODEL, "version": "1"},
+               method="DELETE")[0] == 403
+    import json
+
+    lifecycle = experiment_id(info, LIFECYCLE_EXPERIMENT, abe)
+    status, text = api(info, "/api/2.0/mlflow/runs/create", abe, {"experiment_id": lifecycle})
+    assert status == 200, text
+    record = json.loads(text)["run"]["info"]["run_id"]
+    assert api(info, "/api/2.0/mlflow/runs/set-tag", tess, {"run_id": record, "key": "event.reason", "value": "x"})[0] == 403
+    assert api(info, "/api/2.0/mlflow/runs/delete", tess, {"run_id": record})[0] == 403
+    assert api(info, "/api/2.0/mlflow/runs/create", tess, {"experiment_id": lifecycle})[0] == 403
+
+
+def zenml_login(info, login) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    body = urllib.parse.urlencode({"username": login[0], "password": login[1]}).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{info['zenml_uri']}/api/v1/login", data=body,
+                                                           method="POST"), timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_zenml_logins_follow_disable_and_reset_and_no_password_leaks(stack):
+    info, accounts, logins = stack
+    assert zenml_login(info, logins["rita"]) == 200
+    accounts.disable("rita")
+    assert zenml_login(info, logins["rita"]) in (401, 403)
+    assert not accounts.password_file("rita").exists() and accounts.users()["rita"]["state"] == "disabled"
+    new = accounts.reset_password("rita").read_text().strip()
+    assert new != logins["rita"][1] and zenml_login(info, ("rita", new)) == 200
+    assert accounts.password_file("rita").stat().st_mode & 0o077 == 0
+    assert (accounts.folder.stat().st_mode & 0o077) == 0 and accounts.registry_file.stat().st_mode & 0o077 == 0
+    deadline = time.monotonic() + 90  # MLflow's auth cache: a worker may accept the old password for a minute
+    while api(info, "/api/2.0/mlflow/registered-models/search", logins["rita"], method="GET")[0] != 401:
+        assert time.monotonic() < deadline, "the disabled password still works on MLflow after 90 s"
+        time.sleep(5)
+    assert api(info, "/api/2.0/mlflow/registered-models/search", ("rita", new), method="GET")[0] == 200
+
+    passwords = [p for _, p in logins.values()] + [new]
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    logs = "".join(p.read_text(errors="replace") for p in accounts.layout.root.rglob("*.log") if p.is_file())
+    for password in passwords:
+        assert password not in ps and password not in logs
