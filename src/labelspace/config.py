@@ -126,8 +126,6 @@ class ModelConfig:
             problems["open_words_conse"] = "0 (D standardized) or a number of nearest training labels, e.g. 3"
         if self.frozen_stages < 0:
             problems["frozen_stages"] = "0 (the whole backbone trains) or more (the stem, then each stage of blocks)"
-        if self.open_words_offset < 0:
-            problems["open_words_offset"] = "0 or more (in units of the training labels' spread of D)"
         if not 0 <= self.dropout < 1:
             problems["dropout"] = "in [0, 1)"
         if self.open_words not in OPEN_WORDS:
