@@ -4,7 +4,8 @@ The GZSL literature's protocol: the labels that will be tested as unseen (`evalu
 are never used for a choice. Instead a seeded 20% of the *training* labels is held out as well
 (pseudo-unseen, P); a head trained on the rest ranks P on the validation split, and every ranking
 variant is compared there. A second block ("check") trains on every training label and ranks the
-real held-out labels on validation, reported for the record, never used to choose.
+real held-out labels on validation, reported for the record, never used to choose; `--test` runs only
+that block, on the test images, once the choice is made.
 
 Heads train on cached frozen backbone features (scripts/ablation.py's cache, params.yaml's loss),
 one per seed; each seed draws its own P. Every variant is arithmetic on two distance tables of the
@@ -228,6 +229,8 @@ def main(argv=None) -> int:
     p.add_argument("--priors", default="0,2,5,10,20")
     p.add_argument("--cache", default=str(ablation.ROOT / "data" / "ablation"))
     p.add_argument("--out")
+    p.add_argument("--test", action="store_true",
+                   help="after the choice: the check block only, on the test images (never used to choose)")
     args = p.parse_args(argv)
     if args.summarize:
         print(summarize(args.summarize, args.protocol))
@@ -240,7 +243,7 @@ def main(argv=None) -> int:
     trained, _ = training_labels(labels, vectors, held)
     targets = target_matrix(manifest, labels)
     splits = split_indices(manifest, base.train.val_fraction, base.train.seed)
-    train_idx, val_idx = splits["train"], splits["val"]
+    train_idx, val_idx = splits["train"], splits["test" if args.test else "val"]
     feats = ablation.cached_features(base, images, cache)
     kv = load_word_vectors(base.resolve(base.vectors.path), limit=args.words + len(labels))
     words, word_vectors = open_vocabulary_words(labels, list(kv.index_to_key), kv.vectors)
@@ -248,10 +251,8 @@ def main(argv=None) -> int:
     results = []
     for seed in range(args.seeds):
         pseudo = held_out_labels("auto", trained, fraction=base.evaluate.zero_shot_fraction, seed=100 + seed).labels
-        for protocol, train_on, unseen, concepts in (
-            ("pseudo", [t for t in trained if t not in pseudo], pseudo, trained),
-            ("check", trained, held, labels),
-        ):
+        blocks = [("pseudo", [t for t in trained if t not in pseudo], pseudo, trained), ("check", trained, held, labels)]
+        for protocol, train_on, unseen, concepts in blocks[1:] if args.test else blocks:
             idx = [labels.index(c) for c in train_on]
             model = train_head(base, idx, vectors, targets, train_idx, feats, seed, args.lr, args.epochs)
             cidx = [labels.index(c) for c in concepts]

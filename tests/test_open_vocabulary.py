@@ -29,6 +29,8 @@ def test_hits_shares_and_hubs_on_a_hand_worked_ranking():
     assert result["hit@1"] == pytest.approx(1 / 3)  # only image 3 has a true label first
     assert result["hit@3"] == pytest.approx(2 / 3)  # image 1 (a at 2nd), image 3; image 2's b, c come 4th, 5th
     assert result["held_out_hit@3"] == pytest.approx(1 / 2)  # of images 2 and 3, which hold c
+    assert result["trained_hit@3"] == pytest.approx(1 / 2)  # of images 1 and 2 (a, b): only image 1's a
+    assert result["chance"]["trained_hit@3"] == pytest.approx(np.mean([3 / 5, 3 / 5]))
     assert result["concept_share@1"] == pytest.approx(1 / 3)
     assert result["hubs"][0] == {"word": "x", "top1_share": pytest.approx(2 / 3)}
     assert result["chance"]["hit@1"] == pytest.approx(np.mean([1 / 5, 2 / 5, 1 / 5]))

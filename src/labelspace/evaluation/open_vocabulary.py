@@ -8,6 +8,7 @@ vocabulary (the most frequent words of the vectors file, less the concepts' own 
   (a uniformly random ranking of V words puts at least one of an image's p true ones in the top k
   with probability 1 - C(V - p, k) / C(V, k), averaged over images);
 - `held_out_hit@k`: the same over the images holding a held-out concept, counting held-out ones only;
+- `trained_hit@k`: the same over the images holding a trained concept, counting trained ones only;
 - `concept_share@k`: the share of top-k slots the concepts take (chance: concepts / V);
 - `hubs`: the words most often ranked first, with the share of images: a word that tops most images
   whatever they show is a hub of the geometry, not a tag.
@@ -63,6 +64,11 @@ def open_vocabulary_metrics(nearest: np.ndarray, concepts: list[str], targets: n
         result["chance"][f"hit@{k}"] = chance_hit_at_k(n_words, t.sum(axis=1), k)
         result[f"concept_share@{k}"] = float(in_concepts[:, :k].mean())
         result["chance"][f"concept_share@{k}"] = n_concepts / n_words
+        trained_rows = t[:, ~held].any(axis=1)
+        if trained_rows.any():
+            trained_true = true_at & np.isin(order, np.flatnonzero(~held))
+            result[f"trained_hit@{k}"] = float(trained_true[trained_rows, :k].any(axis=1).mean())
+            result["chance"][f"trained_hit@{k}"] = chance_hit_at_k(n_words, t[trained_rows][:, ~held].sum(axis=1), k)
         rows = t[:, held].any(axis=1) if held.any() else np.zeros(len(t), dtype=bool)
         if rows.any():
             held_true = true_at & np.isin(order, np.flatnonzero(held))
