@@ -113,6 +113,8 @@ def test_a_gpu_on_either_side_allows_its_tolerance():
 def test_lock_pins_are_read_by_name():
     assert lock_pins("# header\nNumPy==2.4.6\ntyping_extensions==4.1 ; python_version<'3.12'\n") == \
         {"numpy": "2.4.6", "typing-extensions": "4.1"}
+    hashed = "tqdm==4.70.1 \\\n    --hash=sha256:c293e525e6fef9c20e8728fd4612df02a0aa31bb5fe91ecd93e123b1b7bffa73\n"
+    assert lock_pins(hashed) == {"tqdm": "4.70.1"}
 
 
 # ---------------------------------------------------------------- end to end

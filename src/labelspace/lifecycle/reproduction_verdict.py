@@ -62,13 +62,14 @@ def package_differences(recorded: dict[str, str] | None, reproduced: dict[str, s
 
 
 def lock_pins(text: str | None) -> dict[str, str]:
-    """{package: pinned version} of a requirements.lock's `name==version` lines."""
+    """{package: pinned version} of a requirements.lock's `name==version` lines (`name==version \\` where
+    the `--hash=sha256:...` lines follow)."""
     pins = {}
     for line in (text or "").splitlines():
         line = line.split("#", 1)[0].split(";", 1)[0].strip()
         if "==" in line:
             name, version = line.split("==", 1)
-            pins[name.strip().lower().replace("_", "-")] = version.strip()
+            pins[name.strip().lower().replace("_", "-")] = version.rstrip("\\ ").strip()
     return pins
 
 
