@@ -18,6 +18,7 @@ import yaml
 
 from labelspace.app import TELEMETRY_OFF
 from labelspace.deploy import postgres, s3server, team
+from labelspace.deploy.dvc_remote import configure_team_remote
 
 VENV_BIN = Path(sys.executable).parent
 MODEL = "labelspace"
@@ -106,8 +107,10 @@ def tiny_project(root: Path, stack: dict, tiny_dataset, small_vectors: Path, rep
 
 
 def configure_dvc(root: Path, stack: dict, env: dict[str, str]) -> None:
-    for argv in stack["dvc_commands"]:  # exactly what `team up` prints
+    """The DVC remote as `team up` shows it: its two `dvc remote` lines, then `team dvc-remote` for the key."""
+    for argv in stack["dvc_commands"]:
         run(argv, root, env)
+    configure_team_remote(stack["folder"], root)
 
 
 def problems(stack: dict, env: dict[str, str], cwd: Path) -> list[str]:

@@ -5,7 +5,6 @@ lost), and stopped by PID."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -22,6 +21,7 @@ import team_support
 
 from labelspace.cli import team as team_cli
 from labelspace.deploy import postgres, processes, s3server, team
+from labelspace.deploy.dvc_remote import configure_team_remote
 
 pytestmark = pytest.mark.team
 
@@ -181,8 +181,9 @@ def test_dvc_push_and_pull_from_a_second_clone(stack, s3, tmp_path):
     first.mkdir()
     _run(["git", "init", "-q"], first)
     _run(["dvc", "init", "-q"], first)
-    for argv in stack["dvc_commands"]:  # exactly what `team up` prints
+    for argv in stack["dvc_commands"]:  # the two lines `team up` shows (no key): they go into git
         _run(argv, first)
+    configure_team_remote(stack["folder"], first)  # `labelspace team dvc-remote`: the key
     (first / "data.txt").write_text("versioned by DVC on the team remote\n")
     _run(["dvc", "add", "-q", "data.txt"], first)
     _run(["git", "add", "."], first)
@@ -193,13 +194,11 @@ def test_dvc_push_and_pull_from_a_second_clone(stack, s3, tmp_path):
 
     _run(["git", "clone", "-q", str(first), str(second)], tmp_path)
     assert not (second / ".dvc" / "config.local").exists()  # the key stayed out of git
-    local = [argv for argv in stack["dvc_commands"] if "--local" in argv]
-    wrong = [*local[1][:-1], "wrong-secret"]
-    _run(local[0], second)
-    _run(wrong, second)
+    configure_team_remote(stack["folder"], second)
+    _run(["dvc", "remote", "modify", "--local", team.DVC_REMOTE, "secret_access_key", "wrong-secret"], second)
     refused = _run(["dvc", "pull", "-r", team.DVC_REMOTE], second, check=False)
     assert refused.returncode != 0 and "403" in refused.stdout + refused.stderr
-    _run(local[1], second)
+    configure_team_remote(stack["folder"], second)  # run again, it puts the right key back
     _run(["dvc", "pull", "-r", team.DVC_REMOTE], second)
     assert (second / "data.txt").read_text() == "versioned by DVC on the team remote\n"
 
@@ -211,11 +210,40 @@ def test_status_env_and_a_second_up(stack, capsys):
     again = team.team_up(stack["folder"], out=QUIET)
     assert again["started"] == [] and again["pids"] == stack["pids"]
     assert time.monotonic() - t0 < 10
-    args = argparse.Namespace(action="env", dir=stack["folder"])
-    assert team_cli.run_cli(args) == 0
+    assert team_cli.main(["env", "--dir", stack["folder"]]) == 0
     printed = capsys.readouterr().out
     assert f"export MLFLOW_TRACKING_URI={stack['mlflow_uri']}" in printed
-    assert "export MLFLOW_TRACKING_USERNAME=team" in printed and "export MLFLOW_TRACKING_PASSWORD=" in printed
+    assert "export MLFLOW_TRACKING_USERNAME=team" in printed
+    assert f"export MLFLOW_TRACKING_PASSWORD={stack['env']['MLFLOW_TRACKING_PASSWORD']}\n" in printed  # to be eval'ed
+
+
+def test_no_secret_in_what_team_up_prints_nor_on_a_command_line_during_dvc_push(stack, tmp_path, capsys):
+    """What `team up` prints may go to a log (CI, the journal), and every command line is public
+    (`ps`): neither holds a value of secrets.json, while a member sets the DVC remote with `team
+    dvc-remote` and pushes. The key is in .dvc/config.local, mode 600."""
+    secrets = json.loads(Path(stack["folder"], "secrets.json").read_text())
+    assert team_cli.main(["up", "--dir", stack["folder"], "--workers", "1"]) == 0
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _run(["dvc", "init", "-q", "--no-scm"], repo)
+    assert team_cli.main(["dvc-remote", "--dir", stack["folder"], "--repo", str(repo)]) == 0
+    printed = capsys.readouterr()
+    assert "export MLFLOW_TRACKING_PASSWORD=…  # secret" in printed.out
+    assert f"labelspace team dvc-remote --dir {stack['folder']}" in printed.out
+    assert (repo / ".dvc" / "config.local").stat().st_mode & 0o777 == 0o600
+    (repo / "data.txt").write_text("pushed while ps looks on\n")
+    _run(["dvc", "add", "-q", "data.txt"], repo)
+    push = subprocess.Popen([DVC, "push", "-r", team.DVC_REMOTE], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    listings = []
+    while push.poll() is None:
+        listings.append(subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True).stdout)
+        time.sleep(0.05)
+    pushed = push.communicate()[0]
+    assert push.returncode == 0, pushed
+    assert any(f"dvc push -r {team.DVC_REMOTE}" in listing for listing in listings)  # ps saw the push
+    seen = [printed.out, printed.err, pushed, *listings]
+    assert [key for key, value in secrets.items() if any(value in text for text in seen)] == []
 
 
 def test_a_taken_port_is_refused_clearly(stack):

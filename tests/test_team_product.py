@@ -34,6 +34,7 @@ import yaml
 
 from labelspace.app import TELEMETRY_OFF
 from labelspace.deploy import processes, s3server, team
+from labelspace.deploy.dvc_remote import configure_team_remote
 
 pytestmark = [pytest.mark.slow, pytest.mark.team]
 
@@ -152,8 +153,7 @@ def project(stack, tiny_dataset, small_vectors, tmp_path_factory, repo_root):
     t0 = time.monotonic()
     _run(["git", "init", "-q"], root, env)
     _run(["dvc", "init", "-q"], root, env)
-    for argv in stack["dvc_commands"]:  # exactly what `team up` prints
-        _run(argv, root, env)
+    team_support.configure_dvc(root, stack, env)  # what `team up` shows: two `dvc remote` lines, `team dvc-remote`
     _run(["dvc", "add", "-q", "data/fashion-canvas"], root, env)
     (root / ".gitignore").write_text("/data/cache/\n/checkpoints/\n/reports/\n/.zenml/\n")
     _run(["git", "add", "."], root, env)  # data/.gitignore (from dvc add) keeps the dataset itself out
@@ -367,9 +367,7 @@ def test_the_dataset_round_trips_through_the_s3_remote_to_a_second_clone(stack, 
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(project), str(clone)], tmp_path, env)
     assert not (clone / "data" / "fashion-canvas").exists() and not (clone / ".dvc" / "config.local").exists()
-    for argv in stack["dvc_commands"]:
-        if "--local" in argv:  # the key stays out of git: each clone sets it
-            _run(argv, clone, env)
+    configure_team_remote(stack["folder"], clone)  # the key stays out of git: each clone sets it
     _run(["dvc", "pull", "-q", "-r", team.DVC_REMOTE], clone, env, what="dvc pull -r team in a second clone")
     assert _tree(clone / "data" / "fashion-canvas") == _tree(project / "data" / "fashion-canvas")
     pulled = _run(["labelspace", "data-version", "data/fashion-canvas", "--verify"], clone, env).stdout.strip()

@@ -1,5 +1,8 @@
-"""`labelspace team up|down|status|env|backup|restore`: the team stack (PostgreSQL, SeaweedFS S3,
-MLflow with logins, MariaDB, the ZenML server) under .team/ (docs/team-server.md)."""
+"""`labelspace team up|down|status|env|dvc-remote|backup|restore|user`: the team stack (PostgreSQL,
+SeaweedFS S3, MLflow with logins, MariaDB, the ZenML server) under .team/ (docs/team-server.md).
+
+What `up` prints may be logged: it shows each password as `…`. `env` prints them, to be eval'ed;
+`dvc-remote` writes the S3 key into .dvc/config.local (mode 600) without any command line holding it."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-ACTIONS = ("up", "down", "status", "env", "backup", "restore", "user")
+ACTIONS = ("up", "down", "status", "env", "dvc-remote", "backup", "restore", "user")
 USER_VERBS = ("add", "list", "disable", "reset-password", "env")
 
 
@@ -17,7 +20,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     from labelspace.deploy.processes import HOST, LABELS
     from labelspace.deploy.team import DEFAULT_DIR, DEFAULT_PORTS, SERVICES
 
-    p.add_argument("action", choices=ACTIONS, help="what to do")
+    p.add_argument("action", choices=ACTIONS, help="what to do; env prints the member's exports with their "
+                   "passwords, for eval \"$(labelspace team env)\" only: never log its output; dvc-remote points a "
+                   "DVC repo's remote `team` at the stack's bucket, its key in .dvc/config.local (mode 600)")
     p.add_argument("backup_dir", nargs="?", default=None, help="restore: the folder `team backup --out` wrote; "
                    f"user: {'|'.join(USER_VERBS)}")
     p.add_argument("login", nargs="?", default=None, help="user add|disable|reset-password|env: the person's login")
@@ -34,6 +39,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="up, restore: MLflow server worker processes (default 2)")
     p.add_argument("--ci", action="store_true",
                    help="env: log in to ZenML with the `ci` service account's API key instead of the `team` password")
+    p.add_argument("--repo", default=".", help="dvc-remote: a folder of the DVC repo to configure (default: the "
+                   "current folder)")
+    p.add_argument("--default", action="store_true", help="dvc-remote: also make `team` the repo's default remote")
 
 
 def _ports(args: argparse.Namespace) -> dict[str, int | None]:
@@ -56,14 +64,30 @@ def _print_info(info: dict[str, Any], out: Callable[[str], None] = print) -> Non
     out(f"  MariaDB     {HOST}:{p['mariadb']}  database zenml (the ZenML server's)")
     out(f"  ZenML       {info['zenml_uri']}  stack labelspace-team: artifacts in s3://{info['buckets']['zenml']}, "
         "MLflow as tracker and registry")
-    out("\nA team member exports (or: eval \"$(labelspace team env)\"):")
+    stack_option = _stack_option(info["folder"])
+    env_command = f'eval "$(labelspace team env{stack_option})"'
+    out(f"\nA team member runs {env_command}, which exports (its output holds the passwords: never log it):")
     for key, value in info["env"].items():
-        out(f"  export {key}={shlex.quote(value)}")
+        if key in info["secret_env"]:
+            out(f"  export {key}=…  # secret: {env_command} sets it")
+        else:
+            out(f"  export {key}={shlex.quote(value)}")
     out("then `labelspace setup-stack` activates the team's ZenML stack (CI: `labelspace team env --ci`).")
-    out(f"\nDVC remote, in each clone (--local keeps the key out of git), then `dvc push -r {DVC_REMOTE}`:")
+    out(f"\nDVC remote `{DVC_REMOTE}`: these two lines may be committed (.dvc/config); then, in each clone, "
+        f"`labelspace team dvc-remote{stack_option}` sets them too and writes the S3 key into .dvc/config.local "
+        f"(mode 600, ignored by git; add --default to make `{DVC_REMOTE}` the default remote); then "
+        f"`dvc push -r {DVC_REMOTE}`:")
     for argv in info["dvc_commands"]:
         out("  " + shlex.join(argv))
+    out(f"  labelspace team dvc-remote{stack_option}")
     out(f"\nAdmin (user management): {info['admin']['username']}, password in {info['folder']}/secrets.json")
+
+
+def _stack_option(folder: str) -> str:
+    """` --dir FOLDER` for the commands `up` shows, unless FOLDER is the default one of the current folder."""
+    from labelspace.deploy.team import stack_layout
+
+    return "" if stack_layout(None).root == stack_layout(folder).root else f" --dir {shlex.quote(folder)}"
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -86,6 +110,13 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     if args.action == "user":
         return _user(args)
+    if args.action == "dvc-remote":
+        from labelspace.deploy.dvc_remote import configure_team_remote
+
+        local = configure_team_remote(args.dir, args.repo, default=args.default)
+        print(f"DVC remote `{team.DVC_REMOTE}` set in {local.parent / 'config'}"
+              + (" (the default remote)" if args.default else "") + f"; its key in {local} (mode 600)")
+        return 0
     if args.action == "backup":
         if not args.out:
             raise team.TeamError("backup needs --out DIR: the folder to write (absent or empty)")

@@ -147,6 +147,7 @@ def ensure_databases(port: int, sec: dict[str, str]) -> None:
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_ROLE,))
             verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute("SET log_min_error_statement = panic")  # a failing statement below would log its password
             cur.execute(f"{verb} ROLE {DB_ROLE} LOGIN PASSWORD %s", (sec["db_password"],))
             for db in (TRACKING_DB, AUTH_DB):
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))

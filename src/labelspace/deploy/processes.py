@@ -102,6 +102,23 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def _secret_values(sec: dict[str, str]) -> list[str]:
+    return sorted((v for v in sec.values() if isinstance(v, str) and len(v) >= 8), key=len, reverse=True)
+
+
+def contains_secret(text: str, sec: dict[str, str]) -> bool:
+    """Whether `text` holds any value of secrets.json (`sec`)."""
+    return any(value in text for value in _secret_values(sec))
+
+
+def without_secrets(text: str, sec: dict[str, str]) -> str:
+    """`text` with every value of secrets.json (`sec`) replaced by '***', for an error message or a log
+    line that quotes a child's output."""
+    for value in _secret_values(sec):
+        text = text.replace(value, "***")
+    return text
+
+
 def service_env() -> dict[str, str]:
     """The caller's environment without what would point a service elsewhere (a member's MLflow
     client settings, AWS keys, another backend or auth configuration), telemetry off."""

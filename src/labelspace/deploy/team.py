@@ -57,12 +57,14 @@ from labelspace.deploy.processes import (
     TeamError,
     alive,
     check_port_free,
+    contains_secret,
     free_port,
     http_status,
     read_json,
     running,
     stop_process,
     verified,
+    without_secrets,
     write_private,
 )
 from labelspace.deploy.s3server import (
@@ -174,8 +176,7 @@ DEFAULT_PORTS = {service.name: service.default_port for service in STACK}
 
 
 def _token(n: int = 24) -> str:
-    """A URL-safe secret that never starts with '-': command lines (`dvc remote modify ... VALUE`,
-    the lines `team up` prints) would read it as an option."""
+    """A URL-safe secret that never starts with '-' (a command line would read it as an option)."""
     while True:
         token = secrets.token_urlsafe(n)
         if not token.startswith("-"):
@@ -262,18 +263,14 @@ def read_stack(folder: str | os.PathLike | None) -> Stack:
 
 
 def team_info(folder: str | os.PathLike | None = None) -> dict[str, Any]:
-    """URIs, the environment a member exports, and the DVC remote commands, from the folder's files."""
+    """URIs, the environment a member exports (`secret_env`: the names of its variables that hold a
+    secret), the DVC remote's settings, from the folder's files."""
     stack = read_stack(folder)
     config, sec = stack.config, stack.sec
     env: dict[str, str] = {}
     for service in STACK:
         env.update(service.env(stack))
-    dvc = [
-        ["dvc", "remote", "add", "-f", DVC_REMOTE, f"s3://{config['buckets']['dvc']}/{DVC_PREFIX}"],
-        ["dvc", "remote", "modify", DVC_REMOTE, "endpointurl", s3_url(config)],
-        ["dvc", "remote", "modify", "--local", DVC_REMOTE, "access_key_id", sec["s3_access_key_id"]],
-        ["dvc", "remote", "modify", "--local", DVC_REMOTE, "secret_access_key", sec["s3_secret_access_key"]],
-    ]
+    dvc_url = f"s3://{config['buckets']['dvc']}/{DVC_PREFIX}"
     return {
         "folder": str(stack.layout.root),
         "ports": config["ports"],
@@ -283,12 +280,15 @@ def team_info(folder: str | os.PathLike | None = None) -> dict[str, Any]:
         "postgres_uri": db_uri(config["ports"]["postgres"]),
         "buckets": config["buckets"],
         "artifact_destination": f"s3://{config['buckets']['artifacts']}/artifacts",
-        "dvc_remote_url": f"s3://{config['buckets']['dvc']}/{DVC_PREFIX}",
+        "dvc_remote_url": dvc_url,
         "env": env,
+        "secret_env": [key for key, value in env.items() if contains_secret(value, sec)],  # never to print
         # CI logs in to ZenML with the `ci` service account's API key instead of the `team` password
         "ci_env": {**{k: v for k, v in env.items() if not k.startswith("ZENML_STORE_")}, **ci_env(config, sec)}
         if sec.get("zenml_ci_api_key") else None,
-        "dvc_commands": dvc,
+        # the remote without its key (`.dvc/config`, may be committed); the key: deploy.dvc_remote
+        "dvc_commands": [["dvc", "remote", "add", "-f", DVC_REMOTE, dvc_url],
+                         ["dvc", "remote", "modify", DVC_REMOTE, "endpointurl", s3_url(config)]],
         "admin": {"username": ADMIN_USER, "password": sec["admin_password"]},
         "s3_credentials": {"access_key_id": sec["s3_access_key_id"], "secret_access_key": sec["s3_secret_access_key"]},
     }
@@ -356,9 +356,10 @@ def start_stack(layout: Layout, requested: dict[str, int | None], *, upgrade_db:
             with contextlib.suppress(Exception):
                 stop_process(name, record)
                 layout.pid_file(name).unlink(missing_ok=True)
-        if started and isinstance(e, TeamError):
-            raise TeamError(f"{e}\n(stopped again what this command had started: "
-                            f"{', '.join(LABELS[n] for n, _ in started)})") from None
+        if isinstance(e, TeamError):  # a child's output or a log's tail may quote a secret
+            stopped = (f"\n(stopped again what this command had started: {', '.join(LABELS[n] for n, _ in started)})"
+                       if started else "")
+            raise TeamError(without_secrets(str(e), stack.sec) + stopped) from None
         raise
     info = team_info(layout.root)
     info["pids"] = {name: records[name]["pid"] for name in SERVICES}

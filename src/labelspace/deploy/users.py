@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from labelspace.deploy.mlflow_server import ADMIN_USER, mlflow_url
-from labelspace.deploy.processes import Layout, TeamError, http_status, read_json, write_private
+from labelspace.deploy.processes import (
+    Layout,
+    TeamError,
+    http_status,
+    read_json,
+    without_secrets,
+    write_private,
+)
 from labelspace.deploy.zenml_server import zenml_url
 
 ROLES = ("reader", "trainer", "approver", "admin")
@@ -154,8 +161,9 @@ class Accounts:
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            return e.code, {"message": e.read().decode(errors="replace")[:300]}
+        except urllib.error.HTTPError as e:  # a 422 quotes the request body: its password and token stay out
+            sent = {k: v for k, v in (body or {}).items() if k in ("password", "activation_token")}
+            return e.code, {"message": without_secrets(e.read().decode(errors="replace"), sent)[:300]}
 
     def _zenml_user(self, name: str, password: str, *, admin: bool) -> None:
         status, answer = self._zenml("/users", {"name": name, "password": password, "active": True,
