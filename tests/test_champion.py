@@ -23,9 +23,11 @@ from mlflow import MlflowClient
 from labelspace.cli import main as cli_main
 from labelspace.lifecycle import champion, history
 from labelspace.lifecycle.lock import LockBusy, RegistryLock, holders
+from labelspace.lifecycle.registry import production_copy
 
 LABELSPACE = str(Path(sys.executable).parent / "labelspace")
 MODEL = "labelspace"
+PRODUCTION = "labelspace-production"  # what champion names: copies of MODEL's versions
 
 
 def add_versions(uri: str, n: int, model: str = MODEL) -> list[str]:
@@ -77,35 +79,40 @@ def run(env, *args, cwd, timeout=300):
 
 
 def aliases(registry) -> dict[str, str]:
-    return {k: str(v) for k, v in registry.client.get_registered_model(MODEL).aliases.items()}
+    """Production's aliases, by the candidate version each names a copy of."""
+    held = registry.client.get_registered_model(PRODUCTION).aliases.items()
+    return {k: registry.client.get_model_version(PRODUCTION, v).tags["candidate.version"] for k, v in held}
 
 
 def moves(registry) -> list[tuple]:
     from labelspace.lifecycle.retry import client
 
-    return [(e.seq, e.version, e.previous, e.source, e.status) for e in history.events(client(), MODEL)]
+    return [(e.seq, e.version, e.previous, e.source, e.status) for e in history.events(client(), PRODUCTION)]
 
 
 def test_promote_and_rollback_move_both_aliases_and_write_the_history(registry):
     first = champion.promote_version(MODEL, 1, reason="first model")
-    assert first.line() == "labelspace@champion: no version -> version 1 (manual, history #1)"
+    assert first.line() == ("labelspace-production@champion: no version -> version 1 (manual, history #1), "
+                            "served as labelspace-production version 1")
     assert champion.promote_version(MODEL, 2, reason="better").previous == "1"
     again = champion.promote_version(MODEL, "@champion", reason="no-op")
-    assert not again.moved and again.line() == "labelspace@champion already names version 2; nothing moved"
+    assert not again.moved and again.line() == "labelspace-production@champion already names labelspace version 2; nothing moved"
     back = champion.rollback(MODEL)
     assert (back.version, back.previous, back.source) == ("1", "2", "rollback")
     assert aliases(registry) == {"champion": "1", "previous-champion": "2"}
     assert champion.rollback(MODEL, reason="undo the rollback").version == "2"  # a second rollback undoes the first
     assert moves(registry) == [(1, "1", None, "manual", "moved"), (2, "2", "1", "manual", "moved"),
                                (3, "1", "2", "rollback", "moved"), (4, "2", "1", "rollback", "moved")]
-    tags = registry.client.get_model_version(MODEL, "2").tags
+    tags = registry.client.get_model_version(PRODUCTION, "2").tags
     assert tags["champion.source"] == "rollback" and tags["champion.reason"] == "undo the rollback"
     assert tags["champion.event_seq"] == "4" and tags["champion.promoted_by"] == history.actor()
-    assert registry.client.get_model_version(MODEL, "1").tags["champion.replaced_by_event"] == "4"
+    assert registry.client.get_model_version(PRODUCTION, "1").tags["champion.replaced_by_event"] == "4"
+    assert tags["candidate.model"] == MODEL and tags["candidate.version"] == "2"
+    assert tags["data.dataset_version"] == "md5:abc.dir"  # the copy carries the candidate's lineage
 
 
 def test_clear_errors_for_missing_deleted_and_unready_versions_and_nothing_to_roll_back(registry, capsys):
-    with pytest.raises(champion.NothingToRollBack, match="labelspace has no champion: nothing to roll back"):
+    with pytest.raises(champion.NothingToRollBack, match="labelspace-production has no champion: nothing to roll back"):
         champion.rollback(MODEL)
     champion.promote_version(MODEL, 1, reason="first")
     with pytest.raises(champion.NothingToRollBack, match="no earlier champion is recorded"):
@@ -113,7 +120,8 @@ def test_clear_errors_for_missing_deleted_and_unready_versions_and_nothing_to_ro
     with pytest.raises(ValueError, match="needs a reason"):
         champion.promote_version(MODEL, 2, reason="  ")
     champion.promote_version(MODEL, 2, reason="second")
-    registry.client.delete_model_version(MODEL, "1")  # MLflow drops its aliases with it
+    registry.client.delete_model_version(PRODUCTION, "1")  # MLflow drops its aliases with it
+    registry.client.delete_model_version(MODEL, "1")
     with pytest.raises(champion.NothingToRollBack, match="the version it replaced, version 1, was deleted"):
         champion.rollback(MODEL)
     with sqlite3.connect(registry.tmp / "mlflow.db") as db:  # a registration still in progress
@@ -186,7 +194,7 @@ def test_concurrent_promotes_rollbacks_and_a_gate_leave_one_champion_and_a_consi
     assert gate_run.data.metrics == {"challenger.labelspace.mAP": 0.9, "champion.labelspace.mAP": 0.8}
     assert {a.path for a in registry.client.list_artifacts(gate_run.info.run_id, "gate")} == {
         "gate/comparison.md", "gate/decision.json", "gate/side_by_side.png"}
-    assert holders(MODEL, "champion") == []  # every ticket given back
+    assert holders(PRODUCTION, "champion") == []  # every ticket given back
 
 
 def test_a_move_interrupted_after_its_intent_is_reconciled_by_the_next(registry):
@@ -194,9 +202,11 @@ def test_a_move_interrupted_after_its_intent_is_reconciled_by_the_next(registry)
 
     champion.promote_version(MODEL, 1, reason="first")
     c = client()
-    history.start_move(c, MODEL, alias="champion", version="2", previous="1", source="manual", reason="killed")
-    history.start_move(c, MODEL, alias="champion", version="3", previous="1", source="manual", reason="moved, killed")
-    c.set_registered_model_alias(MODEL, "champion", "3")  # this one moved the alias, then died
+    history.start_move(c, PRODUCTION, alias="champion", version="2", previous="1", source="manual", reason="killed")
+    history.start_move(c, PRODUCTION, alias="champion", version="3", previous="1", source="manual",
+                       reason="moved, killed")
+    copy = production_copy(c, MODEL, "3")
+    c.set_registered_model_alias(PRODUCTION, "champion", copy.version)  # this one moved the alias, then died
     champion.promote_version(MODEL, 2, reason="after the crashes")
     assert moves(registry) == [(1, "1", None, "manual", "moved"), (2, "2", "1", "manual", "not applied"),
                                (3, "3", "1", "manual", "moved"), (4, "2", "3", "manual", "moved")]
@@ -253,7 +263,7 @@ def test_a_busy_sqlite_database_is_waited_for_then_reported_in_one_line(registry
     done = run(registry.env, "promote", "--version", "1", "--reason", "while busy", cwd=registry.tmp)
     holder.wait()
     assert done.returncode == 0, done.output[-3000:]
-    assert "labelspace@champion: no version -> version 1" in done.stdout and "Traceback" not in done.output
+    assert "labelspace-production@champion: no version -> version 1" in done.stdout and "Traceback" not in done.output
 
     holder = _hold(registry, 60)
     try:
@@ -340,9 +350,10 @@ def test_the_gate_records_once_holds_when_auto_is_off_and_falls_back_when_the_ch
     first = run_gate(MODEL, "1", report, rules, lambda v: pytest.fail("there is no champion to score"))
     assert (first.decision, first.champion, first.compared_with) == ("passed", None, None)
     assert registry.client.get_registered_model(MODEL).aliases == {}  # auto false: a person promotes
+    assert registry.client.search_registered_models(f"name = '{PRODUCTION}'") == []
     again = run_gate(MODEL, "1", report, rules, lambda v: pytest.fail("judged already"))
     assert again.decision == "passed" and "already judged against none with these rules" in again.reasons[0]
-    assert len(history.search(registry_client(), MODEL, history.GATE)) == 1  # recorded once
+    assert len(history.search(registry_client(), PRODUCTION, history.GATE)) == 1  # recorded once
 
     champion.promote_version(MODEL, 1, reason="by hand after the gate passed it")
     auto = PromoteConfig(**{**rules.__dict__, "auto": True})

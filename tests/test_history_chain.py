@@ -7,7 +7,7 @@ import json
 
 import pytest
 from mlflow import MlflowClient
-from test_champion import MODEL, add_versions
+from test_champion import MODEL, PRODUCTION, add_versions
 
 from labelspace.cli import main as cli_main
 from labelspace.lifecycle import champion, history
@@ -25,7 +25,7 @@ def moved(tmp_path, monkeypatch):
         champion.promote_version(MODEL, number, reason=f"v{number}")
     champion.rollback(MODEL)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    runs = {int(r.data.tags["event.seq"]): r for r in history.search(client, MODEL, history.MOVE)}
+    runs = {int(r.data.tags["event.seq"]): r for r in history.search(client, PRODUCTION, history.MOVE)}
     return client, runs
 
 
@@ -40,7 +40,7 @@ def test_an_untouched_history_is_whole_and_each_record_links_to_the_one_before(m
     assert sorted(runs) == [1, 2, 3, 4]
     assert [runs[s].data.tags["event.prev_seq"] for s in (1, 2, 3, 4)] == ["", "1", "2", "3"]
     assert runs[3].data.tags["event.prev_hash"] == runs[2].data.tags["event.hash"]
-    head = client.get_registered_model(MODEL).tags["lifecycle.champion.head"]
+    head = client.get_registered_model(PRODUCTION).tags["lifecycle.champion.head"]
     assert head == f"4:FINISHED:{runs[4].data.tags['event.hash']}"
     code, report = verify(capsys)
     assert code == 0 and report["whole"] and report["records"] == 4 and report["problems"] == []

@@ -219,16 +219,23 @@ def test_promote_moves_champion(registered, monkeypatch, capsys):
     assert str(second.version) == "2" and alias_holder("labelspace", "challenger") == "2"
     assert alias_holder("labelspace", "champion") is None
 
-    promote("labelspace", 1)
-    assert alias_holder("labelspace", "champion") == "1"
+    promote("labelspace", 1)  # a copy of candidate 1 in production, named champion
+    assert alias_holder("labelspace-production", "champion") == "1"
     assert cli_main(["promote", "--model", "labelspace", "--version", "2", "--reason", "second is better"]) == 0
     printed = capsys.readouterr().out
-    assert "labelspace@champion: version 1 -> version 2 (manual, history #1)" in printed
+    assert "labelspace-production@champion: labelspace version 1 -> version 2 (manual, history #1)" in printed
     assert "data.dataset_version = md5:dataset-abc" in printed
     client = MlflowClient(tracking_uri=registered.uri)
-    assert client.get_model_version("labelspace", "1").aliases == ["previous-champion"]  # rollback returns to it
-    assert sorted(client.get_model_version("labelspace", "2").aliases) == ["challenger", "champion"]
-    assert client.get_model_version("labelspace", "2").tags["champion.reason"] == "second is better"
+    # rollback returns to it
+    assert client.get_model_version("labelspace-production", "1").aliases == ["previous-champion"]
+    assert sorted(client.get_model_version("labelspace", "2").aliases) == ["challenger"]  # candidates keep theirs
+    served = client.get_model_version("labelspace-production", "2")
+    assert served.aliases == ["champion"] and served.tags["champion.reason"] == "second is better"
+    assert served.source == "models:/labelspace/2" and served.tags["candidate.version"] == "2"
+    assert all(served.tags[key] == second.tags[key] for key in LINEAGE_KEYS if key != "zenml.run_id")
+    # what serves loads from production, the candidate's files behind it
+    check_ranking(rank_in_fresh_process("models:/labelspace-production@champion", registered.image,
+                                        {"MLFLOW_TRACKING_URI": registered.uri}))
 
 
 def test_promoting_a_missing_version_says_which_exist(registered, monkeypatch, capsys):

@@ -1,7 +1,9 @@
 """`labelspace audit VERSION|@ALIAS [--json]`, `audit --diff A B`, `audit --dataset-version HASH`: what
 produced a model version, how two differ, which versions one dataset made (labelspace.lifecycle.audit);
-`audit --verify`: whether the champion history is whole (its hash chain, labelspace.lifecycle.history_chain),
-exit 1 naming each altered or missing record."""
+`audit --verify`: whether the production model's champion history is whole (its hash chain,
+labelspace.lifecycle.history_chain; and the chain of the layout before production, where a store has one),
+exit 1 naming each altered or missing record. VERSION is a candidate's number; @champion and
+@previous-champion are production's aliases, audited as the candidate version they copy."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-version", metavar="HASH", help="every version trained on this data version (or prefix)")
     p.add_argument("--verify", action="store_true",
                    help="check that the champion history is whole: exit 1 naming each altered or missing record")
-    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="registered model name (default: %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL_NAME,
+                   help="the candidates' registered model (default: %(default)s; production is NAME-production)")
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
 
 
@@ -53,14 +56,22 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from labelspace.lifecycle.history import events, verify
+    from labelspace.lifecycle.registry import candidate_model, production_model
     from labelspace.lifecycle.retry import client
 
-    model = args.model
-    problems, notes = verify(client(), model)
-    count = len(events(client(), model))
+    c = client()
+    model, candidate = production_model(args.model), candidate_model(args.model)
+    problems, notes = verify(c, model)
+    count = len(events(c, model))
+    earlier = len(events(c, candidate))
+    if earlier:  # moves recorded before production existed, on the candidates' model
+        old_problems, old_notes = verify(c, candidate)
+        problems += [f"{candidate} (before {model}): {line}" for line in old_problems]
+        notes += [f"{candidate} (before {model}): {line}" for line in old_notes]
+        notes.append(f"{earlier} earlier records of {candidate}@champion (before {model}) checked too")
     if args.json:
-        print(json.dumps({"model": model, "records": count, "whole": not problems, "problems": problems,
-                          "notes": notes}, indent=2))
+        print(json.dumps({"model": model, "records": count, "earlier_records": earlier, "whole": not problems,
+                          "problems": problems, "notes": notes}, indent=2))
     else:
         for line in notes:
             print(f"note: {line}")

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from labelspace.lifecycle.registry import DEFAULT_MODEL_URI
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="model URI: models:/NAME@ALIAS (e.g. models:/labelspace@champion), models:/NAME/VERSION, "
+    p.add_argument("--model", default=DEFAULT_MODEL_URI,
+                   help="model URI (default: %(default)s, what serves): models:/NAME@ALIAS, "
+                        "models:/NAME/VERSION (a candidate: models:/labelspace/3), "
                         "runs:/RUN/model or a model folder")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="a folder: every .jpg/.jpeg/.png/.webp/.gif/.bmp file under it")

@@ -1,5 +1,6 @@
-"""`labelspace promote --version N --reason "..." [--alias champion]`: move an alias to a model version,
-under the registry's champion lock, recorded in the history (labelspace.lifecycle.champion)."""
+"""`labelspace promote --version N --reason "..." [--alias champion]`: candidate version N copied into the
+production model and production's alias moved to it, under the champion lock, recorded in the history
+(labelspace.lifecycle.champion). On a team's server only approvers, `retrain` and admins may."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from labelspace.lifecycle.registry import DEFAULT_MODEL_NAME
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="registered model name (default: %(default)s)")
-    p.add_argument("--version", required=True, help="the model version the alias should name (N or @alias)")
+    p.add_argument("--model", default=DEFAULT_MODEL_NAME,
+                   help="the candidates' registered model (default: %(default)s; production is NAME-production)")
+    p.add_argument("--version", required=True, help="the candidate version the alias should name (N or @alias, "
+                                                    "e.g. @challenger)")
     p.add_argument("--reason", required=True, help="why (recorded in the history with who and when)")
     p.add_argument("--alias", default="champion", help="alias to move (default: %(default)s)")
 
@@ -47,9 +50,9 @@ def run_cli(args: argparse.Namespace) -> int:
     print(move.line())
     if move.note:
         print(f"  {move.note}")
-    now = resolve_version(args.model, move.version, ready=False)
+    now = resolve_version(move.candidate, move.version, ready=False)
     lineage = {k: v for k, v in now.tags.items() if k.startswith(("data.", "code.", "params.", "zenml."))}
     for key in sorted(lineage):
         print(f"  {key} = {lineage[key]}")
-    print(f"load it with mlflow.pyfunc.load_model('models:/{args.model}@{args.alias}')")
+    print(f"load it with mlflow.pyfunc.load_model('models:/{move.model}@{args.alias}')")
     return 0

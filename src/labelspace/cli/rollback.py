@@ -1,4 +1,5 @@
-"""`labelspace rollback [--reason ...]`: champion back to the previous champion, recorded in the history."""
+"""`labelspace rollback [--reason ...]`: the production model's champion back to the previous champion,
+recorded in the history (approvers, `retrain` and admins on a team's server)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from labelspace.lifecycle.registry import DEFAULT_MODEL_NAME
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="registered model name (default: %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL_NAME,
+                   help="the candidates' registered model (default: %(default)s; production is NAME-production)")
     p.add_argument("--reason", help="why (recorded in the history; default: 'rollback from version N')")
 
 
@@ -20,5 +22,5 @@ def run_cli(args: argparse.Namespace) -> int:
     print(move.line())
     if move.note:
         print(f"  {move.note}")
-    print(f"  previous-champion now names version {move.previous} (a second rollback returns to it)")
+    print(f"  previous-champion now names {move.candidate} version {move.previous} (a second rollback returns to it)")
     return 0

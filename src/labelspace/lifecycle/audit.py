@@ -3,7 +3,9 @@
 Everything is read from the registry and the tracking backend (so it works the same on sqlite and a
 team's server), plus the project's git history for the commit whose dvc.lock pins the data:
 
-* `audit(model, "3" | "@champion")`: the version, its lineage tags (data and vectors DVC hashes, code
+* `audit(model, "3" | "@champion")`: the candidate version (a number of the candidates' model; @champion
+  and @previous-champion are production's aliases, followed to the candidate version they copy; a
+  production model's own number works too), its production copies and their aliases, its lineage tags (data and vectors DVC hashes, code
   commit and dirty flag, source hash, params hash and path, ZenML run and model version, the backbone's
   pretrained file and the trained weights' hashes, the seed), the environment it trained in (`env.*`:
   packages, lock file, threads, device), its last reproduction (`reproduced.*`), the
@@ -25,7 +27,13 @@ from typing import Any
 import yaml
 
 from labelspace.lifecycle import history
-from labelspace.lifecycle.registry import _quoted, resolve_version
+from labelspace.lifecycle.registry import (
+    CANDIDATE_VERSION_TAG,
+    _quoted,
+    candidate_model,
+    production_model,
+    resolve_candidate,
+)
 from labelspace.lifecycle.retry import client as mlflow_client
 
 LINEAGE_PREFIXES = ("data.", "code.", "params.", "project.", "zenml.", "model.", "backbone.", "seed.")
@@ -83,21 +91,57 @@ def version_metrics(client, run_id: str | None) -> dict[str, float]:
     return {k: v for k, v in sorted(metrics.items()) if "/" not in k and k.startswith(("labelspace_", "bce_", "zero_shot_"))}
 
 
+def production_copies(client, model_name: str, number: str) -> list[dict[str, Any]]:
+    """The production versions copying candidate `number`, with their aliases."""
+    production = production_model(model_name)
+    found = client.search_model_versions(f"name = '{_quoted(production)}' and "
+                                         f"tags.`{CANDIDATE_VERSION_TAG}` = '{_quoted(number)}'")
+    if not found:
+        return []
+    aliases: dict[str, list[str]] = {}
+    for alias, held in (client.get_registered_model(production).aliases or {}).items():
+        aliases.setdefault(str(held), []).append(alias)
+    return [{"model": production, "version": str(v.version), "aliases": sorted(aliases.get(str(v.version), []))}
+            for v in sorted(found, key=lambda v: int(v.version))]
+
+
+def gate_runs(client, model_name: str, number: str, run_id: str | None) -> list:
+    """Every gate run about candidate `number`: with the promotion records, in the layout before production,
+    and in its training run's experiment (a gate whose login could not write production records)."""
+    query = f"tags.`gate.challenger` = '{number}'"
+    runs = history.search(client, production_model(model_name), history.GATE, query)
+    runs += history.search(client, candidate_model(model_name), history.GATE, query)
+    if run_id:
+        experiment = client.get_run(run_id).info.experiment_id
+        runs += [r for r in history.search_experiment(client, experiment, history.GATE, query)
+                 if r.data.tags.get("gate.model") == candidate_model(model_name)]
+    unique = {r.info.run_id: r for r in runs}
+    return sorted(unique.values(), key=lambda r: r.info.start_time)
+
+
 def audit(model_name: str, ref: str, *, project_root: Path | None = None) -> dict[str, Any]:
     client = mlflow_client()
-    v = resolve_version(model_name, ref, ready=False, client=client)
+    v = resolve_candidate(model_name, ref, ready=False, client=client)
+    model_name = candidate_model(model_name)
     number = str(v.version)
     tags = dict(v.tags)
     gates = [{"time": _time(r.info.start_time), "decision": r.data.tags.get("gate.decision"),
               "compared_with": r.data.tags.get("gate.compared_with") or None, "reason": r.data.tags.get("gate.reason"),
-              "run_id": r.info.run_id}
-             for r in sorted(history.search(client, model_name, history.GATE, f"tags.`gate.challenger` = '{number}'"),
-                             key=lambda r: r.info.start_time)]
+              "run_id": r.info.run_id} for r in gate_runs(client, model_name, number, v.run_id)]
+    copies = production_copies(client, model_name, number)
+    served = {c["version"] for c in copies}
     moves = [e.to_dict() for e in history.events(client, model_name) if number in (e.version, e.previous)]
+    moves += [e.to_dict() for e in history.events(client, production_model(model_name))
+              if number in (e.version, e.previous)]
+    champion_tags = {}
+    for copy in copies:  # a production copy holds its champion.* tags; the newest copy's win
+        copy_tags = client.get_model_version(copy["model"], copy["version"]).tags
+        champion_tags.update({k: copy_tags[k] for k in sorted(copy_tags) if k.startswith("champion.")})
     commit = tags.get("project.git_commit") or tags.get("code.git_commit")
     return {
         "model": model_name, "version": number, "status": v.status, "created": _time(v.creation_timestamp),
         "aliases": sorted(v.aliases or []), "description": v.description, "run_id": v.run_id, "source": v.source,
+        "production": copies, "served": sorted(served, key=int),
         "lineage": {k: tags[k] for k in sorted(tags) if k.startswith(LINEAGE_PREFIXES)},
         "environment": {k: tags[k] for k in sorted(tags) if k.startswith("env.")},
         "reproduced": {k: tags[k] for k in sorted(tags) if k.startswith("reproduced.")},
@@ -107,7 +151,8 @@ def audit(model_name: str, ref: str, *, project_root: Path | None = None) -> dic
         "metrics": version_metrics(client, v.run_id),
         "gate": {"latest": {k: tags[k] for k in sorted(tags) if k.startswith("gate.") and k.count(".") == 1},
                  "decisions": gates},
-        "champion": {"moves": moves, **{k: tags[k] for k in sorted(tags) if k.startswith("champion.")}},
+        "champion": {"moves": moves, **{k: tags[k] for k in sorted(tags) if k.startswith("champion.")},
+                     **champion_tags},
     }
 
 
@@ -144,6 +189,7 @@ def by_dataset(model_name: str, dataset_version: str) -> list[dict[str, Any]]:
     """Versions whose data.dataset_version starts with `dataset_version` (DVC's md5, as dvc.lock writes
     it; a leading 'md5:' is dropped when nothing matches with it)."""
     client = mlflow_client()
+    model_name = candidate_model(model_name)
 
     def search(prefix: str) -> list:
         query = f"name = '{_quoted(model_name)}' and tags.`data.dataset_version` LIKE '{_quoted(prefix)}%'"
@@ -156,6 +202,9 @@ def by_dataset(model_name: str, dataset_version: str) -> list[dict[str, Any]]:
     if found:  # a search does not fill in aliases on every backend: the registered model has them all
         for alias, number in (client.get_registered_model(model_name).aliases or {}).items():
             aliases.setdefault(str(number), []).append(alias)
+        for v in found:  # production's aliases, on the candidate each copy comes from
+            for copy in production_copies(client, model_name, str(v.version)):
+                aliases.setdefault(str(v.version), []).extend(copy["aliases"])
     return [{"version": str(v.version), "created": _time(v.creation_timestamp),
              "aliases": sorted(aliases.get(str(v.version), [])),
              "dataset_version": v.tags.get("data.dataset_version"), "params_hash": v.tags.get("params.hash"),
@@ -180,6 +229,9 @@ def format_audit(a: dict[str, Any]) -> str:
     aliases = ", ".join(f"@{x}" for x in a["aliases"]) or "none"
     lines = [f"{a['model']} version {a['version']}: {a['status']}, registered {a['created']}, aliases {aliases}",
              f"  run {a['run_id']}  ({a['description'] or 'no description'})"]
+    for copy in a.get("production", []):
+        held = ", ".join(f"@{x}" for x in copy["aliases"]) or "no alias"
+        lines.append(f"  in production as {copy['model']} version {copy['version']} ({held})")
     lines += _section("lineage (model.content_hash: the trained weights; backbone.pretrained_hash: the file "
                       "training started from)", a["lineage"])
     lines += _section("environment it trained in", a.get("environment") or

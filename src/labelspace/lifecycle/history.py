@@ -1,4 +1,6 @@
-"""The history of an alias (champion): one MLflow run per move, in the experiment `<model>-lifecycle`.
+"""The history of an alias (champion): one MLflow run per move, in the experiment `<model>-lifecycle` of
+the production model (`labelspace-production-lifecycle`, writable on a team's server only by those who
+may change production, docs/team-server.md).
 
 Representation, chosen to behave the same on sqlite and on an HTTP `mlflow server`: runs, their
 tags and their status are the most basic objects of every tracking backend, and creating a run is
@@ -6,8 +8,11 @@ an append that two writers can never overwrite (a list kept in one registered-mo
 entry to a concurrent read-modify-write). Each move is a run tagged
 
     lifecycle.kind = alias-move        event.model, event.alias, event.seq (1, 2, ...)
-    event.version, event.previous      ('' when the alias named nothing before)
-    event.source = gate | manual | rollback,  event.reason,  event.actor (user@host),  event.time
+    event.version, event.previous      candidate version numbers ('' when the alias named nothing before)
+    event.candidate                    the candidates' registered model those numbers are of
+    event.production_version           the production version (the copy) the alias names after the move
+    event.source = gate | manual | rollback | migration,  event.reason,  event.time
+    event.actor                        the MLflow login on a team's server (with user@host), else user@host
     event.gate_run_id                  the gate's run holding the comparison, for gate moves
 
 and ordered by `event.seq`: one more than the highest number used so far (records, deleted ones
@@ -39,7 +44,7 @@ from labelspace.lifecycle.retry import RetryingClient
 
 MOVE = "alias-move"
 GATE = "gate"
-SOURCES = ("gate", "manual", "rollback")
+SOURCES = ("gate", "manual", "rollback", "migration")  # migration: champion carried over from the layout before production
 TAG_LIMIT = 5000
 
 
@@ -79,6 +84,8 @@ class Event:
     status: str  # moved | not applied | in progress
     run_id: str
     gate_run_id: str | None
+    candidate: str = ""  # the model event.version and event.previous number ('' for records before production)
+    production_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,20 +109,27 @@ def _event(run) -> Event:
                  alias=t.get("event.alias", ""), version=t.get("event.version", ""),
                  previous=t.get("event.previous") or None, source=t.get("event.source", ""),
                  reason=t.get("event.reason", ""), actor=t.get("event.actor", ""), status=_status(run),
-                 run_id=run.info.run_id, gate_run_id=t.get("event.gate_run_id") or None)
+                 run_id=run.info.run_id, gate_run_id=t.get("event.gate_run_id") or None,
+                 candidate=t.get("event.candidate", ""), production_version=t.get("event.production_version") or None)
 
 
 def search(client: RetryingClient, model_name: str, kind: str, extra: str = "", *, deleted: bool = False) -> list:
     """Every run of `kind` in the model's lifecycle experiment (all pages; deleted ones too if asked)."""
-    from mlflow.entities import ViewType
-
     experiment = client.get_experiment_by_name(experiment_name(model_name))
     if experiment is None:
         return []
+    return search_experiment(client, experiment.experiment_id, kind, extra, deleted=deleted)
+
+
+def search_experiment(client: RetryingClient, experiment_id: str, kind: str, extra: str = "", *,
+                      deleted: bool = False) -> list:
+    """Every run of `kind` in experiment `experiment_id` (a gate that could not write production records there)."""
+    from mlflow.entities import ViewType
+
     query = f"tags.`lifecycle.kind` = '{kind}'" + (f" and {extra}" if extra else "")
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment.experiment_id], query, max_results=1000, page_token=token,
+        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token,
                                   run_view_type=ViewType.ALL if deleted else ViewType.ACTIVE_ONLY)
         runs.extend(page)
         token = page.token
@@ -161,8 +175,10 @@ def _next(client: RetryingClient, model_name: str, alias: str) -> tuple[int, his
 
 
 def start_move(client: RetryingClient, model_name: str, *, alias: str, version: str, previous: str | None,
-               source: str, reason: str, gate_run_id: str | None = None) -> tuple[str, int, str]:
-    """Write the intent of a move (a RUNNING run); returns (run id, seq, time)."""
+               source: str, reason: str, gate_run_id: str | None = None, candidate: str | None = None,
+               production_version: str | None = None) -> tuple[str, int, str]:
+    """Write the intent of a move (a RUNNING run) of `model_name`'s `alias` to candidate `version` of
+    `candidate` (its copy `production_version`); returns (run id, seq, time)."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     experiment = lifecycle_experiment(client, model_name)
@@ -172,6 +188,8 @@ def start_move(client: RetryingClient, model_name: str, *, alias: str, version: 
             "event.version": str(version), "event.previous": previous or "", "event.source": source,
             "event.reason": clip(reason), "event.actor": actor(), "event.time": when,
             "event.gate_run_id": gate_run_id or "", **link.tags()}
+    if candidate:
+        tags.update({"event.candidate": candidate, "event.production_version": str(production_version or "")})
     tags["event.hash"] = history_chain.content_hash(tags)
     run = client.create_run(experiment, tags=tags, run_name=f"#{seq} {alias} {arrow} ({source})")
     return run.info.run_id, seq, when

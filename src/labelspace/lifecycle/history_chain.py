@@ -3,7 +3,8 @@
 Each move record (a run of `<model>-lifecycle`, labelspace.lifecycle.history) carries
 
     event.hash         sha256 of its own canonical content: its seq, model, alias, version, previous,
-                       source, reason, actor, time, gate run, and the three fields below
+                       source, reason, actor, time, gate run, the three fields below, and the
+                       candidate model and production version where the record has them
     event.prev_seq     the seq of the record before it in the chain ('' for the first)
     event.prev_hash    that record's event.hash
     event.prev_status  that record's run status when this one was written (FINISHED, FAILED, RUNNING)
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 CONTENT_TAGS = ("event.seq", "event.model", "event.alias", "event.version", "event.previous", "event.source",
                 "event.reason", "event.actor", "event.time", "event.gate_run_id", "event.prev_seq",
                 "event.prev_hash", "event.prev_status")
+LINK_TAGS = ("event.candidate", "event.production_version")  # hashed when present: records before production lack them
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -38,8 +40,10 @@ def head_tag(alias: str) -> str:
 
 
 def content_hash(tags: dict[str, str]) -> str:
-    """sha256 of a record's canonical content (sorted JSON of CONTENT_TAGS; absent tags count as '')."""
+    """sha256 of a record's canonical content (sorted JSON of CONTENT_TAGS, absent ones as '', and of the
+    LINK_TAGS it has: removing one changes the content as surely as editing it)."""
     content = {key: tags.get(key, "") for key in CONTENT_TAGS}
+    content.update({key: tags[key] for key in LINK_TAGS if key in tags})
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -1,20 +1,28 @@
 """The gate, run: score the champion, decide (labelspace.lifecycle.promotion_rules), record, and move champion.
 
-`run_gate` holds the champion lock from reading the champion to moving it, so the champion it
+`run_gate` holds production's champion lock from reading the champion to moving it, so the champion it
 compares with is the one it replaces, and a manual promote or a second gate waits its turn.
 
+Who runs it matters on a team's server. A login that may change production (the `retrain` service
+account, an approver, an admin; anyone on sqlite) takes the lock, records its decision with the
+promotion records and, with `promote.auto` and a pass, promotes. A login that may not (a trainer: the
+server refuses it the lock, 403) judges all the same against the champion it reads, records the
+decision where it may write (the challenger's tags and its training run's experiment) and, on a pass,
+says in one line that an approver must promote: decision `passed`, `approver_needed`.
+
 Recorded where an auditor finds it:
-* tags on the challenger's model version: `gate.decision` (promoted | passed | rejected),
+* tags on the challenger's (candidate) model version: `gate.decision` (promoted | passed | rejected),
   `gate.compared_with`, `gate.reason`, `gate.run_id`, `gate.time`, and per metric
   `gate.challenger.<m>`, `gate.champion.<m>`, `gate.minimum.<m>`, `gate.max_regression.<m>`;
-* an MLflow run in `<model>-lifecycle` (tag `lifecycle.kind = gate`): the rules as params, both
-  models' metrics, `gate/comparison.md` (the table), `gate/decision.json` and
-  `gate/side_by_side.png` (the metrics as bars, challenger beside champion, minimums marked);
+* an MLflow run (tag `lifecycle.kind = gate`) in `labelspace-production-lifecycle`, or in the training
+  experiment when the gate may not write there: the rules as params, both models' metrics,
+  `gate/comparison.md` (the table), `gate/decision.json` and `gate/side_by_side.png` (the metrics as
+  bars, challenger beside champion, minimums marked);
 * with `promote.auto` and a pass, the move in the history (source gate, pointing at that run).
 
-Decisions: promoted (passed and moved), passed (auto is false: a person promotes), rejected, and
-unchanged (the challenger already is the champion, or was judged with the same champion and rules:
-nothing is recorded twice).
+Decisions: promoted (passed and moved), passed (auto is false, or this login may not promote: a person
+promotes), rejected, and unchanged (the challenger already is the champion, or was judged with the same
+champion and rules: nothing is recorded twice). Version numbers are the candidates'.
 """
 
 from __future__ import annotations
@@ -27,9 +35,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from labelspace.lifecycle import history
-from labelspace.lifecycle.champion import CHAMPION, StageHook, champion_lock, move_locked
+from labelspace.lifecycle.champion import (
+    StageHook,
+    carry_over_legacy_champion,
+    champion_lock,
+    current_champion,
+    is_refusal,
+    move_locked,
+)
 from labelspace.lifecycle.promotion_rules import Decision, comparison_table, decide, metric_values
-from labelspace.lifecycle.registry import alias_holder, resolve_version
+from labelspace.lifecycle.registry import candidate_model, production_model, resolve_version
 from labelspace.lifecycle.retry import client as mlflow_client
 from labelspace.lifecycle.scoring import Scored
 
@@ -44,6 +59,8 @@ class GateResult:
     reasons: list[str]
     gate_run_id: str | None = None
     checks: list[dict[str, Any]] = field(default_factory=list)
+    approver_needed: bool = False  # passed with promote.auto, but this login may not change production
+    production: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +68,9 @@ class GateResult:
     def line(self) -> str:
         if self.decision == "promoted":
             return f"gate: version {self.version} promoted to champion (replacing {_v(self.previous)})"
+        if self.decision == "passed" and self.approver_needed:
+            return (f"gate: the challenger, version {self.version}, passed the gate; an approver must promote it to "
+                    f"{self.production}: labelspace promote --version {self.version} --reason ...")
         if self.decision == "passed":
             return (f"gate: version {self.version} passed; promote.auto is false, champion stays {_v(self.champion)} "
                     f"(labelspace promote --version {self.version} --reason ...)")
@@ -71,48 +91,82 @@ def gate_key(version: str, champion: str | None, config) -> str:
 def run_gate(model_name: str, version: str, report: dict[str, Any], config,
              score_champion: Callable[[str], Scored], *, stage_hook: StageHook | None = None,
              wait_s: float | None = None) -> GateResult:
-    """Judge `version` (its test report `report`, reports/metrics.json's shape) against the champion,
-    scored by `score_champion(champion_version)`; `config` is labelspace.config.PromoteConfig."""
+    """Judge candidate `version` of `model_name` (its test report `report`, reports/metrics.json's shape)
+    against the champion, scored by `score_champion(champion_version)`; `config` is
+    labelspace.config.PromoteConfig."""
+    from mlflow.exceptions import MlflowException
+
     client = mlflow_client()
-    with champion_lock(model_name, wait_s):
-        challenger = resolve_version(model_name, version, client=client)
-        version = str(challenger.version)
-        champion = alias_holder(model_name, CHAMPION)
-        if champion == version:
-            return GateResult("unchanged", version, champion, champion, None,
-                              [f"version {version} already is the champion: nothing to decide"])
-        key = gate_key(version, champion, config)
-        if challenger.tags.get("gate.key") == key:  # a rerun: the same champion, the same rules
-            earlier = challenger.tags.get("gate.decision", "?")
-            why = (f"already judged against {_v(champion)} with these rules: {earlier} "
-                   f"(gate run {challenger.tags.get('gate.run_id', '?')})")
-            if earlier == "promoted":  # and rolled back since: a rerun does not undo a rollback
-                why += "; rolled back since, not promoted again"
-            return GateResult(earlier if earlier in ("rejected", "passed") else "unchanged", version, champion,
-                              champion, challenger.tags.get("gate.compared_with"), [why])
-        scored, note = None, None
-        if champion is not None:
-            try:
-                scored = score_champion(champion)
-            except Exception as e:  # noqa: BLE001 - any failure to load or score: absolute minimums decide
-                scored = Scored(None, f"it could not be loaded or scored ({type(e).__name__}: {str(e)[:300]})")
-            if scored.report is None:
-                note = f"champion v{champion} is not comparable: {scored.note}; judged by the absolute minimums alone"
-        decision = decide(metric_values(report), metric_values(scored.report) if scored and scored.report else None,
-                          config, champion_version=champion, champion_note=note)
-        if scored is not None and scored.report is not None and scored.note:
-            decision = Decision(decision.passed, decision.compared_with, decision.checks, decision.reasons,
-                                decision.notes + (f"champion v{champion}: {scored.note}",))
-        outcome = "rejected" if not decision.passed else ("promoted" if config.auto else "passed")
-        run_id = _record_gate_run(client, model_name, version, champion, decision, outcome, config)
-        _tag_version(client, model_name, version, decision, outcome, run_id, key, champion, note)
-        now = champion
-        if outcome == "promoted":
-            move = move_locked(client, model_name, version, source="gate", reason=decision.summary(),
-                               gate_run_id=run_id, stage_hook=stage_hook)
-            now = move.version
-        return GateResult(outcome, version, now, champion, decision.compared_with,
-                          list(decision.reasons + decision.notes), run_id, [asdict(c) for c in decision.checks])
+    lock = champion_lock(model_name, wait_s)
+    try:
+        lock.acquire()
+    except MlflowException as e:
+        if not is_refusal(e):
+            raise
+        lock = None  # this login may not change production: judge and record, an approver promotes
+    try:
+        if lock is not None:
+            carry_over_legacy_champion(client, model_name, stage_hook=stage_hook)
+        return _judge(client, candidate_model(model_name), version, report, config, score_champion,
+                      may_promote=lock is not None, stage_hook=stage_hook)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _judge(client, model_name: str, version: str, report: dict[str, Any], config,
+           score_champion: Callable[[str], Scored], *, may_promote: bool,
+           stage_hook: StageHook | None) -> GateResult:
+    production = production_model(model_name)
+    challenger = resolve_version(model_name, version, client=client)
+    version = str(challenger.version)
+    champion = current_champion(client, model_name)
+    if champion == version:
+        return GateResult("unchanged", version, champion, champion, None,
+                          [f"version {version} already is the champion: nothing to decide"], production=production)
+    key = gate_key(version, champion, config)
+    if challenger.tags.get("gate.key") == key:  # a rerun: the same champion, the same rules
+        earlier = challenger.tags.get("gate.decision", "?")
+        why = (f"already judged against {_v(champion)} with these rules: {earlier} "
+               f"(gate run {challenger.tags.get('gate.run_id', '?')})")
+        if earlier == "promoted":  # and rolled back since: a rerun does not undo a rollback
+            why += "; rolled back since, not promoted again"
+        return GateResult(earlier if earlier in ("rejected", "passed") else "unchanged", version, champion,
+                          champion, challenger.tags.get("gate.compared_with"), [why], production=production)
+    scored, note = None, None
+    if champion is not None:
+        try:
+            scored = score_champion(champion)
+        except Exception as e:  # noqa: BLE001 - any failure to load or score: absolute minimums decide
+            scored = Scored(None, f"it could not be loaded or scored ({type(e).__name__}: {str(e)[:300]})")
+        if scored.report is None:
+            note = f"champion v{champion} is not comparable: {scored.note}; judged by the absolute minimums alone"
+    decision = decide(metric_values(report), metric_values(scored.report) if scored and scored.report else None,
+                      config, champion_version=champion, champion_note=note)
+    if scored is not None and scored.report is not None and scored.note:
+        decision = Decision(decision.passed, decision.compared_with, decision.checks, decision.reasons,
+                            decision.notes + (f"champion v{champion}: {scored.note}",))
+    outcome = "rejected" if not decision.passed else ("promoted" if config.auto and may_promote else "passed")
+    experiment = (history.lifecycle_experiment(client, production) if may_promote
+                  else _training_experiment(client, challenger))
+    run_id = (_record_gate_run(client, experiment, model_name, version, champion, decision, outcome, config)
+              if experiment is not None else "")
+    _tag_version(client, model_name, version, decision, outcome, run_id, key, champion, note)
+    now = champion
+    if outcome == "promoted":
+        move = move_locked(client, model_name, version, source="gate", reason=decision.summary(),
+                           gate_run_id=run_id, stage_hook=stage_hook)
+        now = move.version
+    return GateResult(outcome, version, now, champion, decision.compared_with,
+                      list(decision.reasons + decision.notes), run_id or None, [asdict(c) for c in decision.checks],
+                      approver_needed=outcome == "passed" and config.auto and not may_promote, production=production)
+
+
+def _training_experiment(client, challenger) -> str | None:
+    """The experiment of the run that trained `challenger` (where its trainer may write), or None."""
+    if not challenger.run_id:
+        return None
+    return client.get_run(challenger.run_id).info.experiment_id
 
 
 def _tag_version(client, model_name: str, version: str, decision: Decision, outcome: str, run_id: str, key: str,
@@ -130,9 +184,8 @@ def _tag_version(client, model_name: str, version: str, decision: Decision, outc
         client.set_model_version_tag(model_name, version, k, history.clip(v, 20000))
 
 
-def _record_gate_run(client, model_name: str, version: str, champion: str | None, decision: Decision,
-                     outcome: str, config) -> str:
-    experiment = history.lifecycle_experiment(client, model_name)
+def _record_gate_run(client, experiment: str, model_name: str, version: str, champion: str | None,
+                     decision: Decision, outcome: str, config) -> str:
     tags = {"lifecycle.kind": history.GATE, "gate.model": model_name, "gate.challenger": version,
             "gate.compared_with": decision.compared_with or "", "gate.champion": champion or "",
             "gate.decision": outcome, "gate.reason": history.clip(decision.summary()), "gate.actor": history.actor()}

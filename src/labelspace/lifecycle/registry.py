@@ -1,9 +1,18 @@
 """The MLflow model registry: register a logged model with its lineage, find versions, move aliases.
 
-Aliases only, never the deprecated stages: a new version gets `challenger`; promotion moves
-`champion` (an alias names at most one version, so moving it is one call and needs no demotion).
-`promote()` here is the bare move; labelspace.lifecycle.champion moves `champion` under the registry
-lock and records it in the history (`labelspace promote --version N --reason ...`).
+Two registered models, so that production is protected by the server and not by this code:
+
+* the candidates, `labelspace` (register.model_name): every trained version, the newest with the
+  alias `challenger`; trainers may write here;
+* production, `labelspace-production` (`production_model()`): a version is a copy of a candidate
+  (`MlflowClient.copy_model_version`: its source is `models:/labelspace/N`, its run, description and
+  tags, lineage included, come with it) tagged `candidate.model` and `candidate.version`; `champion`
+  and `previous-champion` name versions here. On a team's server only approvers, the gate's service
+  account and admins may write it (docs/team-server.md), on sqlite anyone may: the layout is the same.
+
+Aliases only, never the deprecated stages (an alias names at most one version, so moving it is one
+call and needs no demotion). `promote()` here is the bare move; labelspace.lifecycle.champion moves
+`champion` under the registry lock and records it in the history (`labelspace promote --version N --reason ...`).
 
 Every call goes through labelspace.lifecycle.retry: a busy sqlite database is retried with a bounded
 backoff, then reported in one line.
@@ -25,6 +34,22 @@ from labelspace.lifecycle.retry import client as retrying_client
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "labelspace"
+PRODUCTION_SUFFIX = "-production"
+CANDIDATE_MODEL_TAG, CANDIDATE_VERSION_TAG = "candidate.model", "candidate.version"  # a production copy's link back
+PRODUCTION_ALIASES = ("champion", "previous-champion")  # aliases of the production model, not of the candidates
+
+
+def candidate_model(name: str) -> str:
+    """The candidates' registered model of `name` (itself, or the one a production model copies from)."""
+    return name.removesuffix(PRODUCTION_SUFFIX) or name
+
+
+def production_model(name: str) -> str:
+    """The production registered model of `name` (a candidates' model, or production itself): `<name>-production`."""
+    return candidate_model(name) + PRODUCTION_SUFFIX
+
+
+DEFAULT_MODEL_URI = f"models:/{production_model(DEFAULT_MODEL_NAME)}@champion"  # what serves
 READY_TIMEOUT_S = 300
 
 
@@ -199,22 +224,84 @@ def resolve_version(model_name: str, ref: str | int, *, ready: bool = True, clie
 
 def _aliases_listing(model_name: str, client) -> str:
     try:
-        aliases = client.get_registered_model(model_name).aliases or {}
+        aliases = {a: str(v) for a, v in (client.get_registered_model(model_name).aliases or {}).items()}
     except MlflowException as e:
         if _is_missing(e):
             return "there is no such registered model yet: run the pipeline first"
         raise
+    production = production_model(model_name)
+    if model_name != production:  # production's aliases, by the candidate numbers they copy
+        try:
+            held = client.get_registered_model(production).aliases or {}
+        except MlflowException as e:
+            if not _is_missing(e):
+                raise
+            held = {}
+        for alias, number in held.items():
+            aliases[alias] = f"{candidate_of(client, model_name, str(number))} (in {production})"
     if not aliases:
         return "it has no aliases yet"
     return "its aliases: " + ", ".join(f"@{a} -> version {v}" for a, v in sorted(aliases.items()))
 
 
-def promote(model_name: str, version: str | int, alias: str = "champion") -> None:
-    """Point `alias` at `version` of `model_name` (taking it from whichever version had it), unrecorded;
+def resolve_candidate(model_name: str, ref: str | int, *, ready: bool = True, client=None) -> ModelVersion:
+    """The candidate version `ref` names: a number of `model_name` (a production model's number is followed
+    to the candidate it copies), production's @champion or @previous-champion (the candidates' own on a
+    store from before production), or another alias of the candidates (@challenger)."""
+    client = client or _client()
+    candidate, production = candidate_model(model_name), production_model(model_name)
+    ref = str(ref).strip()
+    on_production = ref.lstrip("@") in PRODUCTION_ALIASES if ref.startswith("@") else model_name == production
+    if not on_production:
+        return resolve_version(candidate, ref, ready=ready, client=client)
+    try:
+        copy = resolve_version(production, ref, ready=False, client=client)
+    except ValueError:
+        if ref.startswith("@") and alias_holder(candidate, ref[1:]) is not None:
+            return resolve_version(candidate, ref, ready=ready, client=client)
+        raise
+    return resolve_version(candidate, copy.tags[CANDIDATE_VERSION_TAG], ready=ready, client=client)
+
+
+def promote(model_name: str, version: str | int, alias: str = "champion") -> ModelVersion:
+    """Point production's `alias` at (a copy of) candidate `version` of `model_name`, unrecorded and unlocked;
     labelspace.lifecycle.champion.promote_version is the recorded, locked move."""
     client = _client()
-    target = resolve_version(model_name, version, client=client)
-    client.set_registered_model_alias(model_name, alias, target.version)
+    copy = production_copy(client, model_name, str(resolve_version(model_name, version, client=client).version))
+    client.set_registered_model_alias(copy.name, alias, copy.version)
+    return copy
+
+
+def production_copy(client, model_name: str, version: str) -> ModelVersion:
+    """The production version that copies candidate `version` of `model_name`: the one made before, else a
+    new one (copy_model_version), linked back by its `candidate.*` tags. Tags a copy takes from the
+    candidate about champion moves of the layout before production existed are dropped."""
+    import contextlib
+    import io
+
+    candidate, production = candidate_model(model_name), production_model(model_name)
+    made = [v for v in client.search_model_versions(
+        f"name = '{_quoted(production)}' and tags.`{CANDIDATE_VERSION_TAG}` = '{_quoted(str(version))}'")
+        if v.tags.get(CANDIDATE_MODEL_TAG) == candidate]
+    if made:
+        return max(made, key=lambda v: int(v.version))
+    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Copied version ..." itself
+        copy = client.copy_model_version(f"models:/{candidate}/{version}", production)
+    copy = _wait_until_ready(client, copy, READY_TIMEOUT_S)
+    client.set_model_version_tag(production, copy.version, CANDIDATE_MODEL_TAG, candidate)
+    client.set_model_version_tag(production, copy.version, CANDIDATE_VERSION_TAG, str(version))
+    for key in [k for k in copy.tags if k.startswith("champion.")]:
+        client.delete_model_version_tag(production, copy.version, key)
+    log.info("copied %s version %s to %s version %s", candidate, version, production, copy.version)
+    return client.get_model_version(production, copy.version)
+
+
+def candidate_of(client, model_name: str, production_version: str | None) -> str | None:
+    """The candidate version number that production version `production_version` copies (None for None)."""
+    if production_version is None:
+        return None
+    copy = client.get_model_version(production_model(model_name), str(production_version))
+    return copy.tags.get(CANDIDATE_VERSION_TAG) or None
 
 
 def find_version_by_tag(model_name: str, key: str, value: str) -> ModelVersion | None:

@@ -13,7 +13,9 @@ once, then the gate; an exit code the scheduler can act on.
    step, since ZenML's cache keys do not see the library's code), its last step the gate.
 
 Exit codes (EXIT_CODES; docs/lifecycle.md): 0 promoted, passed, or nothing to do; 3 trained but the
-gate rejected it; 75 another retrain holds the lock (EX_TEMPFAIL: try again later); 2 any error.
+gate rejected it; 75 another retrain holds the lock (EX_TEMPFAIL: try again later); 2 any error. A
+pass is 0 whether the gate promoted (the `retrain` service account) or left it to an approver (a
+trainer's login may not change the production model): the message says which.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 
 OK, ERROR, REJECTED, LOCKED = 0, 2, 3, 75
 EXIT_CODES = {
-    OK: "promoted, passed the gate (promote.auto false), or nothing changed since the newest version",
+    OK: "promoted, passed the gate (promote.auto false, or an approver must promote), or nothing changed since "
+        "the newest version",
     ERROR: "error (bad params.yaml, missing data, a failed step, an unreachable or busy backend)",
     REJECTED: "trained and registered, but the gate rejected it: champion unchanged",
     LOCKED: "another retrain holds the lock (EX_TEMPFAIL): nothing done, try again later",
@@ -87,6 +90,10 @@ def retrain(config, *, dataset: str | None = None, vectors: str | None = None, w
     if decision == "promoted":
         return RetrainResult(OK, f"version {version} promoted to champion (replacing "
                                  f"{_v(gate.get('previous'))})", version, gate)
+    if decision == "passed" and gate.get("approver_needed"):
+        return RetrainResult(OK, f"version {version} passed the gate; this login may not change "
+                                 f"{gate.get('production') or 'production'}: an approver must promote it "
+                                 f"(labelspace promote --version {version} --reason ...)", version, gate)
     if decision == "passed":
         return RetrainResult(OK, f"version {version} passed the gate; promote.auto is false, champion stays "
                                  f"{_v(gate.get('champion'))}", version, gate)
