@@ -378,3 +378,24 @@ def registry_client():
     from labelspace.lifecycle.retry import client
 
     return client()
+
+
+def test_a_store_with_champion_on_the_candidates_is_carried_over_by_the_first_promote(registry, capsys):
+    """The layout before labelspace-production: champion and previous-champion on labelspace itself."""
+    registry.client.set_registered_model_alias(MODEL, "champion", "2")
+    registry.client.set_registered_model_alias(MODEL, "previous-champion", "1")
+    assert cli_main(["history"]) == 0
+    assert "labelspace@champion names version 2: the layout before labelspace-production" in capsys.readouterr().out
+    assert cli_main(["audit", "@champion"]) == 0  # read-only commands see the old champion until it is carried over
+    assert capsys.readouterr().out.startswith("labelspace version 2: READY")
+    carried = champion.promote_version(MODEL, 2, reason="carry over")  # the one command: promote the old champion
+    assert (carried.source, carried.version, carried.previous) == ("migration", "2", None)
+    assert aliases(registry) == {"champion": "2", "previous-champion": "1"}  # rollback still returns to 1
+    assert registry.client.get_registered_model(MODEL).aliases == {}  # one champion, in production
+    champion.promote_version(MODEL, 3, reason="after the move")
+    assert champion.rollback(MODEL).version == "2"
+    assert moves(registry) == [(1, "2", None, "migration", "moved"), (2, "3", "2", "manual", "moved"),
+                               (3, "2", "3", "rollback", "moved")]
+    assert "carried over from labelspace@champion" in history.events(registry_client(), PRODUCTION)[0].reason
+    assert cli_main(["audit", "--verify"]) == 0
+    assert "is whole: 3 records" in capsys.readouterr().out

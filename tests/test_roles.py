@@ -1,17 +1,26 @@
 """People and roles on a real team stack, proved with the servers' own REST APIs (not labelspace):
 a trainer registers candidates but gets 403 on production and on the promotion records, a reader
 cannot register, an approver and the `retrain` service account can move production, anonymous
-gets 401; ZenML logins follow add, disable and reset-password; no password in a log or in `ps`."""
+gets 401; ZenML logins follow add, disable and reset-password; no password in a log or in `ps`.
+Then through labelspace: a trainer's promote is refused in one line that says who may, a trainer's
+passing gate leaves the promotion to an approver, the service account's gate promotes, an approver
+promotes, every move in the history names its login and `audit --verify` finds the chain whole."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
-from team_support import ANY_FREE_PORT, QUIET, missing, stack_folder
+from team_support import ANY_FREE_PORT, QUIET, VENV_BIN, missing, stack_folder
 
+from labelspace.app import TELEMETRY_OFF
 from labelspace.deploy import team
 from labelspace.deploy.processes import http_status
 from labelspace.deploy.users import (
@@ -98,6 +107,69 @@ def test_roles_are_enforced_by_mlflow_itself(stack):
     assert api(info, "/api/2.0/mlflow/runs/set-tag", tess, {"run_id": record, "key": "event.reason", "value": "x"})[0] == 403
     assert api(info, "/api/2.0/mlflow/runs/delete", tess, {"run_id": record})[0] == 403
     assert api(info, "/api/2.0/mlflow/runs/create", tess, {"experiment_id": lifecycle})[0] == 403
+
+
+GATE = textwrap.dedent("""
+    import sys
+    from labelspace.config import PromoteConfig
+    from labelspace.lifecycle.promotion_gate import run_gate
+    from labelspace.lifecycle.scoring import Scored
+    rules = PromoteConfig(auto=True, metrics=["labelspace.mAP"], minimum={"labelspace.mAP": 0.1},
+                          max_regression={"labelspace.mAP": 0.5})
+    result = run_gate("labelspace", sys.argv[1], {"labelspace": {"mAP": 0.9}}, rules,
+                      lambda champion: Scored({"labelspace": {"mAP": 0.8}}, None))
+    print(result.line())
+    print("GATE", result.decision, result.gate_run_id)
+""")
+
+
+def as_login(accounts, name: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`labelspace ARGV` (or python -c, for argv[0] == '-c') as `name`, with only what `team user env` gives."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ZENML_", "LABELSPACE_", "AWS_"))}
+    env.update(TELEMETRY_OFF)
+    env.update({k: v for k, v in accounts.env(name).items() if k.startswith("MLFLOW_")})
+    command = [sys.executable, *argv] if argv[0] == "-c" else [str(VENV_BIN / "labelspace"), *argv]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_promotion_through_labelspace_follows_the_roles(stack, tmp_path):
+    info, accounts, logins = stack
+    tess = logins["tess"]
+    first, second = (new_version(info, CANDIDATE_MODEL, tess)[1] for _ in range(2))  # a trainer's candidates
+
+    refused = as_login(accounts, "tess", "promote", "--version", first, "--reason", "mine is better", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stdout == "", refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "labelspace promote: error: tess may not promote: the MLflow server refused it (403: it needs EDIT on the "
+        f"registered model {PRODUCTION_MODEL}); approvers, the retrain service account (the scheduled gate) and "
+        "admins change production: ask an approver (docs/team-server.md, People and roles)"]
+
+    judged = as_login(accounts, "tess", "-c", GATE, first, cwd=tmp_path)  # a trainer's gate that passes
+    assert judged.returncode == 0, judged.stderr[-3000:]
+    line, verdict = judged.stdout.strip().splitlines()[-2:]
+    assert line == (f"gate: the challenger, version {first}, passed the gate; an approver must promote it to "
+                    f"{PRODUCTION_MODEL}: labelspace promote --version {first} --reason ...")
+    decision_run = verdict.split()[2]
+    status, text = api(info, f"/api/2.0/mlflow/runs/get?run_id={decision_run}", tess, method="GET")
+    assert status == 200 and json.loads(text)["run"]["info"]["experiment_id"] == experiment_id(
+        info, TRAINING_EXPERIMENT, tess)  # recorded where a trainer may write
+
+    gated = as_login(accounts, SERVICE_ACCOUNT, "-c", GATE, second, cwd=tmp_path)  # the scheduler's gate
+    assert gated.returncode == 0, gated.stderr[-3000:]
+    assert gated.stdout.strip().splitlines()[-1].startswith("GATE promoted"), gated.stdout
+    approved = as_login(accounts, "abe", "promote", "--version", first, "--reason", "approved", cwd=tmp_path)
+    assert approved.returncode == 0, approved.stderr[-3000:]
+    assert f"-> version {first} (manual, " in approved.stdout
+
+    listed = as_login(accounts, "tess", "history", "--json", cwd=tmp_path)  # anyone may read the history
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    history = json.loads(listed.stdout)
+    moves = [(e["version"], e["source"], e["actor"].split(" ")[0]) for e in history["events"]]
+    assert moves[-2:] == [(second, "gate", SERVICE_ACCOUNT), (first, "manual", "abe")]
+    assert all(actor in ("abe", SERVICE_ACCOUNT) for _, _, actor in moves)  # every move names its login
+    assert history["holder"] == first
+    verified = as_login(accounts, "tess", "audit", "--verify", cwd=tmp_path)
+    assert verified.returncode == 0 and "is whole" in verified.stdout, verified.stdout + verified.stderr
 
 
 def zenml_login(info, login) -> int:

@@ -47,10 +47,11 @@ ROLE_GRANTS: dict[tuple[str, str], dict[str, str]] = {
     ("experiment", TRAINING_EXPERIMENT): {"trainer": "EDIT", "approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
     ("experiment", LIFECYCLE_EXPERIMENT): {"approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
     ("registered_model", CANDIDATE_MODEL): {"trainer": "EDIT", "approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
-    ("registered_model", f"{CANDIDATE_MODEL}--retrain-lock"): {"trainer": "EDIT", "approver": "EDIT",
-                                                               SERVICE_ACCOUNT: "EDIT"},
+    # A lock's holder deletes its ticket (a model version) to release it: MANAGE, EDIT cannot delete.
+    ("registered_model", f"{CANDIDATE_MODEL}--retrain-lock"): {"trainer": "MANAGE", "approver": "MANAGE",
+                                                               SERVICE_ACCOUNT: "MANAGE"},
     ("registered_model", PRODUCTION_MODEL): {"approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
-    ("registered_model", f"{PRODUCTION_MODEL}--champion-lock"): {"approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
+    ("registered_model", f"{PRODUCTION_MODEL}--champion-lock"): {"approver": "MANAGE", SERVICE_ACCOUNT: "MANAGE"},
 }
 
 
