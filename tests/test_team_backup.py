@@ -35,7 +35,7 @@ if (_reason := missing()) is not None:
 
 PREDICT = """
     import base64, json, pathlib, mlflow, pandas as pd
-    model = mlflow.pyfunc.load_model("models:/labelspace@champion")
+    model = mlflow.pyfunc.load_model("models:/labelspace-production@champion")
     images = sorted(pathlib.Path("data/fashion-canvas/Flickr").rglob("*.jpg"))[:4]
     frame = pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in images]})
     out = model.predict(frame, params={"top_k": 5})

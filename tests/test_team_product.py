@@ -290,7 +290,7 @@ def test_the_server_restarted_during_the_run_left_nothing_half_registered(stack,
 
 def test_promote_moves_champion_on_the_server(promoted, client):
     assert "champion" in promoted.stdout and "version 1" in promoted.stdout, promoted.stdout
-    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert client.get_model_version_by_alias(f"{MODEL}-production", "champion").version == "1"
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +299,7 @@ def serving(stack, promoted, machine):
     prediction so that the two load the model side by side; (url, process, log, start time)."""
     port = processes.free_port()
     log = machine / "serve.log"
-    argv = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
+    argv = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}-production@champion", "--env-manager", "local",
             "-h", processes.HOST, "-p", str(port)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, cwd=machine, env=_member_env(stack), stdout=out, stderr=subprocess.STDOUT,
@@ -327,11 +327,11 @@ def _stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
 def test_the_champion_predicts_on_a_second_machine(stack, promoted, machine, serving, tiny_dataset):
     ranked = _python("""
         import base64, json, mlflow, pandas as pd
-        model = mlflow.pyfunc.load_model("models:/labelspace@champion")
+        model = mlflow.pyfunc.load_model("models:/labelspace-production@champion")
         frame = pd.DataFrame({"image": [base64.b64encode(open("photo.jpg", "rb").read()).decode()]})
         out = model.predict(frame, params={"top_k": 3})
         print(json.dumps({"labels": list(out["labels"][0]), "distances": [float(x) for x in out["distances"][0]]}))
-    """, machine, _member_env(stack), what="second machine: load models:/labelspace@champion and predict")
+    """, machine, _member_env(stack), what="second machine: load models:/labelspace-production@champion and predict")
     assert len(ranked["labels"]) == 3 and set(ranked["labels"]) <= set(tiny_dataset[2])
     assert ranked["distances"] == sorted(ranked["distances"])
 
@@ -393,11 +393,11 @@ def test_audit_history_and_rollback_against_the_server(stack, project, promoted,
     assert (second.version, second.status) == ("2", "READY")
     _run(["labelspace", "promote", "--version", "2", "--reason", "second model"], project, env,
          what="labelspace promote --version 2")
-    assert client.get_model_version_by_alias(MODEL, "champion").version == "2"
+    assert client.get_model_version_by_alias(f"{MODEL}-production", "champion").version == "2"
     rolled = _run(["labelspace", "rollback", "--reason", "back to the first"], project, env,
                   what="labelspace rollback")
     assert "-> version 1" in rolled.stdout, rolled.stdout
-    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert client.get_model_version_by_alias(f"{MODEL}-production", "champion").version == "1"
     history = _run(["labelspace", "history"], project, env, what="labelspace history")
     assert "now names version 1" in history.stdout, history.stdout
     assert [line.split()[0] for line in history.stdout.splitlines()[1:4]] == ["1", "2", "3"], history.stdout
