@@ -81,11 +81,24 @@ def get_version(client, name: str, ref: str):
     """The ModelVersion `ref` names: "N" (a version number) or "@ALIAS" (or a bare alias)."""
     from mlflow.exceptions import MlflowException
 
+    from labelspace.lifecycle.registry import (
+        PRODUCTION_ALIASES,
+        alias_holder,
+        candidate_model,
+        candidate_of,
+        production_model,
+    )
+
     ref = str(ref).strip()
     try:
         if ref.isdigit():
             return client.get_model_version(name, ref)
-        return client.get_model_version_by_alias(name, ref.removeprefix("@"))
+        alias = ref.removeprefix("@")
+        if alias in PRODUCTION_ALIASES and name == candidate_model(name):  # production's alias: the candidate it copies
+            held = alias_holder(production_model(name), alias)
+            if held is not None:
+                return client.get_model_version(name, candidate_of(client, name, held))
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as e:
         if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
