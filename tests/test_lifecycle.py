@@ -98,8 +98,11 @@ def test_first_retrain_trains_and_the_gate_promotes_by_the_minimums(project, fir
     assert "version 1 promoted to champion (replacing none)" in first.stdout
     client = registry(root)
     v = client.get_model_version("labelspace", "1")
+    served = client.get_model_version("labelspace-production", "1")  # the copy of version 1 that serves
+    assert served.tags["candidate.version"] == "1" and served.source == "models:/labelspace/1"
     gate_run = client.get_run(v.tags["gate.run_id"])
-    info = {"aliases": sorted(v.aliases), "tags": v.tags, "gate_tags": gate_run.data.tags,
+    info = {"aliases": sorted(v.aliases + served.aliases), "tags": {**v.tags, **served.tags},
+            "gate_tags": gate_run.data.tags,
             "gate_metrics": gate_run.data.metrics,
             "artifacts": [a.path for a in client.list_artifacts(gate_run.info.run_id, "gate")],
             "params": [a.path for a in client.list_artifacts(v.run_id, "params")]}
@@ -148,7 +151,8 @@ def test_the_gate_rejects_a_worse_challenger_scored_beside_the_champion(project,
     client = registry(root)
     v1, v2 = (client.get_model_version("labelspace", n) for n in ("1", "2"))
     info = {"v2": v2.tags, "v2_aliases": v2.aliases, "v1_metrics": client.get_run(v1.run_id).data.metrics,
-            "champion": client.get_model_version_by_alias("labelspace", "champion").version}
+            "champion": client.get_model_version_by_alias("labelspace-production", "champion").tags[
+                "candidate.version"]}
     tags = info["v2"]
     assert str(info["champion"]) == "1" and info["v2_aliases"] == ["challenger"]
     assert tags["gate.decision"] == "rejected" and tags["gate.compared_with"] == "1"
@@ -240,14 +244,14 @@ def test_manual_promote_and_rollback_are_recorded_and_zenml_follows(project, wor
     root, env, _ = project
     promoted = labelspace(env, "promote", "--version", "2", "--reason", "customer asked for the v2 behaviour", cwd=root)
     assert promoted.returncode == 0, promoted.output[-3000:]
-    assert "labelspace@champion: version 1 -> version 2 (manual, history #2)" in promoted.stdout
+    assert "labelspace-production@champion: labelspace version 1 -> version 2 (manual, history #2)" in promoted.stdout
     zenml_versions = [registry(root).get_model_version("labelspace", n).tags["zenml.model_version"] for n in "12"]
     assert (f"ZenML model labelspace version {zenml_versions[1]}: production; "
             f"ZenML model labelspace version {zenml_versions[0]}: archived") in promoted.stdout
 
     back = labelspace(env, "rollback", "--reason", "v2 misses garments", cwd=root)
     assert back.returncode == 0, back.output[-3000:]
-    assert "labelspace@champion: version 2 -> version 1 (rollback, history #3)" in back.stdout
+    assert "labelspace-production@champion: labelspace version 2 -> version 1 (rollback, history #3)" in back.stdout
     assert zenml_stages(env, root, 1, 2) == ["production", "archived"]
 
     code, out, _ = in_project("history", "--json")
@@ -257,4 +261,4 @@ def test_manual_promote_and_rollback_are_recorded_and_zenml_follows(project, wor
         (1, "1", None, "gate", "moved"), (2, "2", "1", "manual", "moved"), (3, "1", "2", "rollback", "moved")]
     assert history["events"][1]["reason"] == "customer asked for the v2 behaviour"
     code, out, _ = in_project("history")
-    assert "labelspace@champion now names version 1; previous-champion: version 2" in out
+    assert "labelspace-production@champion now names version 1; previous-champion: version 2" in out
