@@ -49,21 +49,42 @@ def stack_folder(prefix: str) -> Path:
     return path
 
 
-def member_env(stack: dict, **extra: str) -> dict[str, str]:
+def member_env(stack: dict, *, ci: bool = False, **extra: str) -> dict[str, str]:
     """A team member's environment: the caller's minus every MLflow, ZenML, AWS, PostgreSQL, DVC and
-    labelspace setting, plus what `team env` prints, telemetry off, the venv on PATH. MLflow's client
-    retries a failing request twice, one second apart, so a killed service fails a command in
-    seconds."""
+    labelspace setting, plus what `team env` prints (`ci`: `team env --ci`, the scheduler's: MLflow as
+    `retrain`, whose gate promotes, ZenML with the `ci` API key), telemetry off, the venv on PATH.
+    MLflow's client retries a failing request twice, one second apart, so a killed service fails a
+    command in seconds."""
     dropped = ("MLFLOW_", "ZENML_", "AWS_", "PG", "DVC_", "LABELSPACE_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
     env.update(TELEMETRY_OFF)
-    env.update(stack["env"])
+    env.update(stack["ci_env"] if ci else stack["env"])
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@example.com", MLFLOW_HTTP_REQUEST_MAX_RETRIES="2",
                MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1", ZENML_LOGGING_COLORS_DISABLED="true")
     env.update(extra)
     return env
+
+
+def approver(stack: dict, name: str = "abe") -> dict[str, str]:
+    """The MLflow variables of an approver, added as `labelspace team user add NAME --role approver` does
+    (once: a second call reads its password file): merged into member_env, its promote and rollback pass."""
+    from labelspace.deploy.users import Accounts
+
+    st = team.read_stack(stack["folder"])
+    accounts = Accounts(st.layout, st.config, st.sec)
+    if accounts.users().get(name, {}).get("state") != "active":
+        accounts.add(name, "approver")
+    return {k: v for k, v in accounts.env(name).items() if k.startswith("MLFLOW_")}
+
+
+def assert_shared_login_may_not_promote(result: subprocess.CompletedProcess) -> None:
+    """`labelspace promote` as the shared `team` login (a trainer): refused by the server, in one line."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stdout[-2000:] + result.stderr[-4000:]
+    assert lines[0].startswith("labelspace promote: error: team may not promote: the MLflow server refused it "
+                               "(403: it needs EDIT on the registered model labelspace-production)"), lines
 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 600,
@@ -85,7 +106,7 @@ def python_json(code: str, cwd: Path, env: dict[str, str]) -> object:
 def tiny_project(root: Path, stack: dict, tiny_dataset, small_vectors: Path, repo_root: Path) -> Path:
     """A member's project: git + DVC, the tiny dataset `dvc add`ed, the team's DVC remote as `team up`
     prints it, params.yaml shrunk to train in about a minute, the gate's floors at 0 so that a first
-    version is promoted by the gate."""
+    version is promoted by the gate (run as the scheduler, `member_env(stack, ci=True)`)."""
     env = member_env(stack)
     root.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((repo_root / "params.yaml").read_text())

@@ -4,7 +4,9 @@ cannot register, an approver and the `retrain` service account can move producti
 gets 401; ZenML logins follow add, disable and reset-password; no password in a log or in `ps`.
 Then through labelspace: a trainer's promote is refused in one line that says who may, a trainer's
 passing gate leaves the promotion to an approver, the service account's gate promotes, an approver
-promotes, every move in the history names its login and `audit --verify` finds the chain whole."""
+promotes, every move in the history names its login and `audit --verify` finds the chain whole.
+`team up` alone (no personal user added yet) already protects production: it creates every resource
+of the role table as admin, the shared `team` login is a trainer, `retrain` is `team env --ci`'s."""
 
 from __future__ import annotations
 
@@ -42,11 +44,16 @@ def stack():
         info = team.team_up(folder, **ANY_FREE_PORT, workers=1, out=QUIET)
         st = team.read_stack(folder)
         accounts = Accounts(st.layout, st.config, st.sec)
-        for name, role in (("tess", "trainer"), ("abe", "approver"), ("rita", "reader"),
-                           (SERVICE_ACCOUNT, SERVICE_ACCOUNT)):
+        shared = {"team": (info["env"]["MLFLOW_TRACKING_USERNAME"], info["env"]["MLFLOW_TRACKING_PASSWORD"]),
+                  SERVICE_ACCOUNT: (info["ci_env"]["MLFLOW_TRACKING_USERNAME"],
+                                    info["ci_env"]["MLFLOW_TRACKING_PASSWORD"])}
+        status, text = http_status(f"{info['mlflow_uri']}/api/2.0/mlflow/registered-models/create", auth=shared["team"],
+                                   method="POST", body={"name": PRODUCTION_MODEL}, timeout=30)
+        assert status == 400 and "RESOURCE_ALREADY_EXISTS" in text, text  # team up made it: the shared login owns nothing
+        for name, role in (("tess", "trainer"), ("abe", "approver"), ("rita", "reader")):
             accounts.add(name, role)
         logins = {name: (name, accounts.password_file(name).read_text().strip()) for name in accounts.users()}
-        yield info, accounts, logins
+        yield info, accounts, {**logins, **shared}
     finally:
         team.team_down(folder, out=QUIET)
         shutil.rmtree(folder, ignore_errors=True)
@@ -82,6 +89,8 @@ def new_version(info, model: str, login) -> tuple[int, str]:
 def test_roles_are_enforced_by_mlflow_itself(stack):
     info, _, logins = stack
     tess, abe, rita, gate = logins["tess"], logins["abe"], logins["rita"], logins[SERVICE_ACCOUNT]
+    shared = logins["team"]
+    assert shared[0] == "team" and gate[0] == SERVICE_ACCOUNT
     assert api(info, "/api/2.0/mlflow/registered-models/search", None, method="GET")[0] == 401
     assert new_version(info, CANDIDATE_MODEL, rita)[0] == 403  # a reader cannot register
     status, candidate = new_version(info, CANDIDATE_MODEL, tess)  # a trainer can
@@ -94,6 +103,7 @@ def test_roles_are_enforced_by_mlflow_itself(stack):
     alias = {"name": PRODUCTION_MODEL, "alias": "champion", "version": "1"}
     assert api(info, "/api/2.0/mlflow/registered-models/alias", tess, alias)[0] == 403
     assert api(info, "/api/2.0/mlflow/registered-models/alias", rita, alias)[0] == 403
+    assert api(info, "/api/2.0/mlflow/registered-models/alias", shared, alias)[0] == 403  # the shared login: a trainer
     assert api(info, "/api/2.0/mlflow/registered-models/alias", abe, alias)[0] == 200
     assert api(info, "/api/2.0/mlflow/registered-models/alias", gate, alias)[0] == 200  # the gate's account
     assert api(info, "/api/2.0/mlflow/model-versions/delete", tess, {"name": PRODUCTION_MODEL, "version": "1"},
@@ -107,6 +117,7 @@ def test_roles_are_enforced_by_mlflow_itself(stack):
     assert api(info, "/api/2.0/mlflow/runs/set-tag", tess, {"run_id": record, "key": "event.reason", "value": "x"})[0] == 403
     assert api(info, "/api/2.0/mlflow/runs/delete", tess, {"run_id": record})[0] == 403
     assert api(info, "/api/2.0/mlflow/runs/create", tess, {"experiment_id": lifecycle})[0] == 403
+    assert api(info, "/api/2.0/mlflow/runs/set-tag", shared, {"run_id": record, "key": "event.reason", "value": "x"})[0] == 403
 
 
 GATE = textwrap.dedent("""
@@ -124,10 +135,16 @@ GATE = textwrap.dedent("""
 
 
 def as_login(accounts, name: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`labelspace ARGV` (or python -c, for argv[0] == '-c') as `name`, with only what `team user env` gives."""
+    """`labelspace ARGV` (or python -c, for argv[0] == '-c') as `name`, with only the MLflow variables of
+    `team user env NAME` (`team env` for the shared `team`, `team env --ci` for retrain)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ZENML_", "LABELSPACE_", "AWS_"))}
     env.update(TELEMETRY_OFF)
-    env.update({k: v for k, v in accounts.env(name).items() if k.startswith("MLFLOW_")})
+    if name in ("team", SERVICE_ACCOUNT):
+        info = team.team_info(accounts.layout.root)
+        given = info["env"] if name == "team" else info["ci_env"]
+    else:
+        given = accounts.env(name)
+    env.update({k: v for k, v in given.items() if k.startswith("MLFLOW_")})
     command = [sys.executable, *argv] if argv[0] == "-c" else [str(VENV_BIN / "labelspace"), *argv]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -143,6 +160,9 @@ def test_promotion_through_labelspace_follows_the_roles(stack, tmp_path):
         "labelspace promote: error: tess may not promote: the MLflow server refused it (403: it needs EDIT on the "
         f"registered model {PRODUCTION_MODEL}); approvers, the retrain service account (the scheduled gate) and "
         "admins change production: ask an approver (docs/team-server.md, People and roles)"]
+    shared = as_login(accounts, "team", "promote", "--version", first, "--reason", "shared", cwd=tmp_path)
+    assert shared.returncode == 2 and shared.stderr.strip().splitlines() == [
+        refused.stderr.strip().replace("tess may not", "team may not")], shared.stderr  # the shared login too
 
     judged = as_login(accounts, "tess", "-c", GATE, first, cwd=tmp_path)  # a trainer's gate that passes
     assert judged.returncode == 0, judged.stderr[-3000:]

@@ -17,6 +17,8 @@ from team_support import (
     ANY_FREE_PORT,
     MODEL,
     QUIET,
+    approver,
+    assert_shared_login_may_not_promote,
     configure_dvc,
     member_env,
     missing,
@@ -81,11 +83,15 @@ def drill(tiny_dataset, small_vectors, repo_root, tmp_path_factory):
         project = tiny_project(tmp_path_factory.mktemp("drill-project"), before, tiny_dataset, small_vectors,
                                repo_root)
         env = member_env(before)
-        ran = run(["labelspace", "run"], project, env)
+        ran = run(["labelspace", "run"], project, member_env(before, ci=True))  # the scheduler's run: its gate promotes
         assert "registered labelspace version 1" in ran.stdout + ran.stderr, ran.stdout[-3000:]
         assert python_json(SECOND_VERSION, project, env) == ["2", "READY"]
-        run(["labelspace", "promote", "--version", "2", "--reason", "a person's promotion"], project, env)
-        run(["labelspace", "rollback", "--reason", "back to the gate's choice"], project, env)
+        shared = run(["labelspace", "promote", "--version", "2", "--reason", "the shared login's"], project, env,
+                     check=False)
+        assert_shared_login_may_not_promote(shared)
+        person = member_env(before, **approver(before))
+        run(["labelspace", "promote", "--version", "2", "--reason", "a person's promotion"], project, person)
+        run(["labelspace", "rollback", "--reason", "back to the gate's choice"], project, person)
         run(["dvc", "push", "-q", "-r", team.DVC_REMOTE], project, env)
         state_before = _state(before, project)
 
@@ -127,9 +133,16 @@ def test_the_restored_stack_runs_on_other_ports_in_another_folder(drill):
 def test_history_and_audit_of_every_version_are_identical(drill):
     before, after = drill.state_before, drill.state_after
     assert [e["source"] for e in before["history"]["events"]] == ["gate", "manual", "rollback"], before["history"]
+    assert [e["actor"].split(" ")[0] for e in before["history"]["events"]] == ["retrain", "abe", "abe"]
     assert before["history"]["holder"] == "1"
     assert after["history"] == before["history"]
     assert after["audit"] == before["audit"]
+
+
+def test_the_restored_stack_still_refuses_the_shared_login_a_promotion(drill):
+    refused = run(["labelspace", "promote", "--version", "2", "--reason", "after the restore"], drill.project,
+                  member_env(drill.after), check=False)
+    assert_shared_login_may_not_promote(refused)
 
 
 def test_the_champion_gives_byte_identical_predictions(drill):

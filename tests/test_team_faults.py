@@ -23,6 +23,7 @@ from team_support import (
     MODEL,
     QUIET,
     VENV_BIN,
+    assert_shared_login_may_not_promote,
     member_env,
     missing,
     problems,
@@ -117,7 +118,7 @@ def _versions(stack: dict, project: Path) -> list[str]:
 
 
 def test_the_store_killed_during_the_register_upload(stack, s3, project):
-    env = member_env(stack, ZENML_LOGGING_VERBOSITY="INFO")
+    env = member_env(stack, ci=True, ZENML_LOGGING_VERBOSITY="INFO")  # the scheduler's run: its gate promotes
     running = Watched(["labelspace", "run"], project, env)
     running.wait_for(r"Step\W+register\W+has started")
     before = _objects(s3, stack["buckets"]["artifacts"])
@@ -131,18 +132,22 @@ def test_the_store_killed_during_the_register_upload(stack, s3, project):
     print(f"\nS3 killed {'during' if uploading else 'after'} the upload; the run exited {interrupted.rc}")
     assert team.team_up(stack["folder"], workers=1, out=QUIET)["started"] == ["s3"]
     assert problems(stack, member_env(stack), project) == []  # nothing half-registered, before any rerun
-    rerun = run(["labelspace", "run"], project, member_env(stack))
+    rerun = run(["labelspace", "run"], project, member_env(stack, ci=True))
     assert "labelspace" in rerun.stdout and "mAP" in rerun.stdout
     assert _versions(stack, project) == ["1"]
     assert problems(stack, member_env(stack), project) == []
     history = json.loads(run(["labelspace", "history", "--json"], project, member_env(stack)).stdout)
     assert history["holder"] == "1" and [e["source"] for e in history["events"]] == ["gate"], history
+    assert history["events"][0]["actor"].split(" ")[0] == "retrain"
+    shared = run(["labelspace", "promote", "--version", "1", "--reason", "the shared login's"], project,
+                 member_env(stack), check=False)
+    assert_shared_login_may_not_promote(shared)  # only the gate's service account and approvers move production
 
 
 def test_postgres_killed_during_a_run(stack, project):
     """A rerun with nothing changed still evaluates, logs to MLflow and runs the gate: PostgreSQL is
     killed once the evaluate step starts, and started again while the run is retrying."""
-    env = member_env(stack, ZENML_LOGGING_VERBOSITY="INFO")
+    env = member_env(stack, ci=True, ZENML_LOGGING_VERBOSITY="INFO")  # the scheduler's run: its gate promotes
     running = Watched(["labelspace", "run"], project, env)
     running.wait_for(r"Step\W+evaluate\W+has started")
     _kill(stack, ("postgres",))
@@ -151,7 +156,7 @@ def test_postgres_killed_during_a_run(stack, project):
     interrupted = running.finish()
     print(f"\nPostgreSQL killed during the run; the run exited {interrupted.rc}")
     if interrupted.rc != 0:
-        run(["labelspace", "run"], project, member_env(stack))
+        run(["labelspace", "run"], project, member_env(stack, ci=True))
     assert _versions(stack, project) == ["1"]
     assert problems(stack, member_env(stack), project) == []
 

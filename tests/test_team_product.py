@@ -1,7 +1,7 @@
 """The whole product against one team stack (issue 11): a tiny project, a git + DVC repository whose
 dataset is `dvc add`ed, runs the real `labelspace run` with nothing but the server's URI and the team
 credentials in its environment; the challenger lands in the registry with its artifacts in S3;
-`labelspace promote` moves champion; a second "machine" (another process and folder, the URI and
+`labelspace promote` by an approver moves champion (the shared `team` login's is refused); a second "machine" (another process and folder, the URI and
 credentials only) loads and serves the champion; a second clone pulls the dataset from the S3 remote
 and finds the version the registry recorded; the tracking server restarted during a run leaves the
 registry consistent. The stack runs in a temporary folder on free ports and is stopped by PID.
@@ -225,7 +225,10 @@ def promoted(stack, project, first_run):
     argv = ["labelspace", "promote", "--version", "1"]
     if any("--reason" in action.option_strings for action in parser._actions):
         argv += ["--reason", "first model on the team server"]
-    return _run(argv, project, _member_env(stack), what="labelspace promote --version 1")
+    shared = _run(argv, project, _member_env(stack), check=False, what="labelspace promote as the shared login")
+    team_support.assert_shared_login_may_not_promote(shared)
+    return _run(argv, project, _member_env(stack, **team_support.approver(stack)),
+                what="labelspace promote --version 1 (an approver)")
 
 
 @pytest.fixture(scope="module")
@@ -391,10 +394,11 @@ def test_audit_history_and_rollback_against_the_server(stack, project, promoted,
                                          model_id=first.source.removeprefix("models:/"),
                                          description="version 1's model, registered again")
     assert (second.version, second.status) == ("2", "READY")
-    _run(["labelspace", "promote", "--version", "2", "--reason", "second model"], project, env,
+    approver = _member_env(stack, **team_support.approver(stack))  # the one who promoted version 1
+    _run(["labelspace", "promote", "--version", "2", "--reason", "second model"], project, approver,
          what="labelspace promote --version 2")
     assert client.get_model_version_by_alias(f"{MODEL}-production", "champion").version == "2"
-    rolled = _run(["labelspace", "rollback", "--reason", "back to the first"], project, env,
+    rolled = _run(["labelspace", "rollback", "--reason", "back to the first"], project, approver,
                   what="labelspace rollback")
     assert "-> version 1" in rolled.stdout, rolled.stdout
     assert client.get_model_version_by_alias(f"{MODEL}-production", "champion").version == "1"

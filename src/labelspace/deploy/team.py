@@ -3,7 +3,9 @@ one folder (default `.team/` in the project), each on 127.0.0.1, each in its own
 
 - `postgres`: PostgreSQL, databases `mlflow` (tracking, registry) and `mlflow_auth` (MLflow's users);
 - `s3server`: SeaweedFS, objects on disk, versioned buckets for MLflow, DVC and ZenML artifacts;
-- `mlflow_server`: `mlflow server --app-name basic-auth --serve-artifacts`, users `admin` and `team`;
+- `mlflow_server`: `mlflow server --app-name basic-auth --serve-artifacts`, users `admin`, `team`
+  (the shared login: a trainer) and `retrain` (the gate's service account), and, created as admin so
+  that no login owns them, the experiments and registered models of `labelspace.deploy.users`;
 - `mariadb`: MariaDB, the database `zenml` of the ZenML server (ZenML refuses PostgreSQL);
 - `zenml_server`: the ZenML server (uvicorn), its team stack `labelspace-team`, users and the `ci`
   service account. Generated passwords and keys are kept in FOLDER/secrets.json (mode 600).
@@ -75,6 +77,7 @@ from labelspace.deploy.s3server import (
     s3_url,
     start_s3,
 )
+from labelspace.deploy.users import SERVICE_ACCOUNT, Accounts
 from labelspace.deploy.zenml_server import (
     add_zenml_bucket,
     ci_env,
@@ -132,6 +135,18 @@ def _start_mlflow(stack: Stack) -> dict[str, Any]:
     return start_mlflow(stack.layout, stack.config, stack.sec, stack.workers)
 
 
+def _mlflow_ready(stack: Stack) -> None:
+    ensure_users(stack.config, stack.sec)
+    Accounts(stack.layout, stack.config, stack.sec).ensure_stack_logins()
+
+
+def _zenml_ready(stack: Stack) -> None:
+    accounts = Accounts(stack.layout, stack.config, stack.sec)
+    accounts.ensure_admin_pipeline_login()
+    ensure_team_stack(stack.layout, stack.config, stack.sec)
+    accounts.ensure_pipeline_logins()
+
+
 def _configure_s3(config: dict[str, Any]) -> None:
     if not config.get("s3_ports"):
         config["s3_ports"] = internal_ports(config["ports"]["s3"], avoid=set(config["ports"].values()))
@@ -153,7 +168,7 @@ STACK: tuple[Service, ...] = (  # start order; stopped in reverse
     Service("mlflow", 15000,
             start=_start_mlflow,
             healthy=lambda st: http_status(f"{mlflow_url(st.config)}/health", timeout=3)[0] == 200,
-            ready=lambda st: ensure_users(st.config, st.sec),
+            ready=_mlflow_ready,
             env=lambda st: {"MLFLOW_TRACKING_URI": mlflow_url(st.config), "MLFLOW_TRACKING_USERNAME": TEAM_USER,
                             "MLFLOW_TRACKING_PASSWORD": st.sec["team_password"]}),
     Service("mariadb", 13306,
@@ -164,7 +179,7 @@ STACK: tuple[Service, ...] = (  # start order; stopped in reverse
     Service("zenml", 18237,
             start=lambda st: start_zenml(st.layout, st.config, st.sec),
             healthy=lambda st: zenml_healthy(st.config),
-            ready=lambda st: ensure_team_stack(st.layout, st.config, st.sec),
+            ready=_zenml_ready,
             configure=add_zenml_bucket,
             env=lambda st: member_env(st.config, st.sec)),
 )
@@ -191,6 +206,7 @@ def load_secrets(layout: Layout) -> dict[str, str]:
         "db_password": lambda: _token(),
         "admin_password": lambda: _token(),
         "team_password": lambda: _token(),
+        "retrain_password": lambda: _token(),  # the gate's service account: `team env --ci` exports it
         "flask_secret_key": lambda: secrets.token_hex(32),
         "s3_access_key_id": lambda: "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16)),
         "s3_secret_access_key": lambda: _token(30)[:40],
@@ -283,9 +299,11 @@ def team_info(folder: str | os.PathLike | None = None) -> dict[str, Any]:
         "dvc_remote_url": dvc_url,
         "env": env,
         "secret_env": [key for key, value in env.items() if contains_secret(value, sec)],  # never to print
-        # CI logs in to ZenML with the `ci` service account's API key instead of the `team` password
-        "ci_env": {**{k: v for k, v in env.items() if not k.startswith("ZENML_STORE_")}, **ci_env(config, sec)}
-        if sec.get("zenml_ci_api_key") else None,
+        # CI (the scheduled gate) logs in to MLflow as `retrain`, to ZenML with the `ci` API key
+        "ci_env": {**{k: v for k, v in env.items() if not k.startswith("ZENML_STORE_")},
+                   "MLFLOW_TRACKING_USERNAME": SERVICE_ACCOUNT, "MLFLOW_TRACKING_PASSWORD": sec["retrain_password"],
+                   **ci_env(config, sec)}
+        if sec.get("zenml_ci_api_key") and sec.get("retrain_password") else None,
         # the remote without its key (`.dvc/config`, may be committed); the key: deploy.dvc_remote
         "dvc_commands": [["dvc", "remote", "add", "-f", DVC_REMOTE, dvc_url],
                          ["dvc", "remote", "modify", DVC_REMOTE, "endpointurl", s3_url(config)]],

@@ -6,6 +6,14 @@ ZenML user; `retrain` is the service account the scheduler and CI run as (the ga
 move production). MLflow enforces the grants itself, per experiment and per registered model; every
 resource not in the table is READ for every login (`default_permission` of basic_auth.ini).
 
+`team up` (`ensure_stack_logins`) creates every resource of the table as admin, so that no login
+ever owns one (MLflow gives a resource's creator MANAGE on it), gives the shared `team` login the
+trainer's grants and nothing more on them, and keeps `retrain` (its password: secrets.json's
+retrain_password, exported by `labelspace team env --ci`). On the ZenML server each login keeps its
+MLflow login in a private secret, MLFLOW_SECRET, which the team stack's experiment tracker reads:
+a pipeline run acts on MLflow as whoever started it (`team`, a person, or `retrain` for the `ci`
+API key), never as a login shared by all.
+
 Passwords are generated here and written to FOLDER/users/NAME.password (mode 600, the folder 700),
 never printed, put on a command line or logged; a person gets that file's content once, by hand.
 `disable` changes the MLflow password to one nobody knows and deactivates the ZenML user (MLflow
@@ -24,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from labelspace.deploy.mlflow_server import ADMIN_USER, mlflow_url
+from labelspace.deploy.mlflow_server import ADMIN_USER, TEAM_USER, mlflow_url
 from labelspace.deploy.processes import (
     Layout,
     TeamError,
@@ -33,7 +41,7 @@ from labelspace.deploy.processes import (
     without_secrets,
     write_private,
 )
-from labelspace.deploy.zenml_server import zenml_url
+from labelspace.deploy.zenml_server import CI_ACCOUNT, MLFLOW_SECRET, zenml_url
 
 ROLES = ("reader", "trainer", "approver", "admin")
 SERVICE_ACCOUNT = "retrain"
@@ -53,6 +61,7 @@ ROLE_GRANTS: dict[tuple[str, str], dict[str, str]] = {
     ("registered_model", PRODUCTION_MODEL): {"approver": "EDIT", SERVICE_ACCOUNT: "EDIT"},
     ("registered_model", f"{PRODUCTION_MODEL}--champion-lock"): {"approver": "MANAGE", SERVICE_ACCOUNT: "MANAGE"},
 }
+SHARED_LOGIN_ROLE = "trainer"  # the stack's shared `team` login: it trains and registers, never promotes
 
 
 def _now() -> str:
@@ -60,9 +69,11 @@ def _now() -> str:
 
 
 def _check_name(name: str) -> None:
-    if not name or not all(c.isalnum() or c in "._-" for c in name) or name in (ADMIN_USER, "team", "ci"):
+    own = (ADMIN_USER, TEAM_USER, CI_ACCOUNT, SERVICE_ACCOUNT)
+    if not name or not all(c.isalnum() or c in "._-" for c in name) or name in own:
         raise TeamError(f"{name!r} is not a usable login: letters, digits, '.', '_' or '-', and not one of "
-                        f"{ADMIN_USER}, team, ci (the stack's own)")
+                        f"{', '.join(own)} (the stack's own: `labelspace team up` keeps them; "
+                        f"`labelspace team env --ci` exports {SERVICE_ACCOUNT})")
 
 
 class Accounts:
@@ -127,15 +138,40 @@ class Accounts:
                 ids[(kind, name)] = name
         return ids
 
-    def _grant(self, name: str, role: str) -> None:
-        for (kind, resource), rid in self.ensure_resources().items():
+    def _grant(self, name: str, role: str, ids: dict[tuple[str, str], str] | None = None, *,
+               exact: bool = False) -> None:
+        """Grant `role`'s permissions (ROLE_GRANTS) to `name`; `exact`: also take away any other permission
+        it holds on those resources (MANAGE left to the creator of a resource on an older stack)."""
+        for (kind, resource), rid in (ids or self.ensure_resources()).items():
             permission = ROLE_GRANTS[(kind, resource)].get(role)
+            where = {"username": name, "resource_type": kind, "resource_id": rid}
+            if exact:
+                held = self._mlflow(f"/api/3.0/mlflow/users/permissions/get?{urllib.parse.urlencode(where)}",
+                                    method="GET")[1].get("permission")
+                if held == (permission or "READ"):
+                    continue
+                self._mlflow("/api/3.0/mlflow/users/permissions/revoke", where)  # absent: nothing to revoke
             if permission is None:
                 continue
-            body = {"username": name, "resource_type": kind, "resource_id": rid, "permission": permission}
-            status, answer = self._mlflow("/api/3.0/mlflow/users/permissions/grant", body)
+            status, answer = self._mlflow("/api/3.0/mlflow/users/permissions/grant", {**where, "permission": permission})
             if status != 200 and answer.get("error_code") != "RESOURCE_ALREADY_EXISTS":
                 self._must(f"granting {permission} on {kind} {resource} to {name}", status, answer)
+
+    def ensure_stack_logins(self) -> None:
+        """`team up`, idempotent: every resource of ROLE_GRANTS created as admin, `retrain` with its grants
+        and secrets.json's password, the shared `team` login with the trainer's grants and no more."""
+        ids = self.ensure_resources()
+        self._mlflow_user(SERVICE_ACCOUNT, self.sec["retrain_password"])
+        self._grant(SERVICE_ACCOUNT, SERVICE_ACCOUNT, ids, exact=True)
+        self._grant(TEAM_USER, SHARED_LOGIN_ROLE, ids, exact=True)
+
+    def _mlflow_user(self, name: str, password: str) -> None:
+        """Create the MLflow user `name`, or set its password."""
+        status, answer = self._mlflow("/api/2.0/mlflow/users/create", {"username": name, "password": password})
+        if status != 200:
+            if answer.get("error_code") != "RESOURCE_ALREADY_EXISTS":
+                self._must(f"creating the MLflow user {name}", status, answer)
+            self._mlflow_password(name, password)
 
     def _mlflow_password(self, name: str, password: str) -> None:
         status, answer = self._mlflow("/api/2.0/mlflow/users/update-password",
@@ -144,27 +180,63 @@ class Accounts:
 
     # ------------------------------------------------------------------------------------ ZenML
 
-    def _zenml_token(self) -> str:
-        body = urllib.parse.urlencode({"username": ADMIN_USER, "password": self.sec["zenml_admin_password"]})
+    def _zenml_token(self, login: dict[str, str] | None = None) -> str:
+        """A ZenML API token for `login` (username and password, or an API key as password); default: the admin."""
+        login = login or {"username": ADMIN_USER, "password": self.sec["zenml_admin_password"]}
+        body = urllib.parse.urlencode(login)
         request = urllib.request.Request(f"{zenml_url(self.config)}/api/v1/login", data=body.encode(), method="POST")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return json.loads(response.read())["access_token"]
         except OSError as e:
-            raise TeamError(f"the ZenML server at {zenml_url(self.config)} refused the {ADMIN_USER} login "
+            who = login.get("username", CI_ACCOUNT)
+            raise TeamError(f"the ZenML server at {zenml_url(self.config)} refused the {who} login "
                             f"({getattr(e, 'code', e)}): is the stack up (`labelspace team status`)?") from None
 
-    def _zenml(self, path: str, body: dict | None = None, method: str = "POST") -> tuple[int, dict]:
+    def _zenml(self, path: str, body: dict | None = None, method: str = "POST",
+               token: str | None = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"{zenml_url(self.config)}/api/v1{path}", data=data, method=method,
-                                         headers={"Authorization": f"Bearer {self._zenml_token()}",
+                                         headers={"Authorization": f"Bearer {token or self._zenml_token()}",
                                                   "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as e:  # a 422 quotes the request body: its password and token stay out
             sent = {k: v for k, v in (body or {}).items() if k in ("password", "activation_token")}
+            sent.update((body or {}).get("values") or {})
             return e.code, {"message": without_secrets(e.read().decode(errors="replace"), sent)[:300]}
+
+    def _zenml_mlflow_login(self, zenml_login: dict[str, str], mlflow_login: tuple[str, str]) -> None:
+        """The private ZenML secret MLFLOW_SECRET of `zenml_login`: the MLflow login the team stack's tracker
+        uses in that login's pipeline runs (a private secret is seen by its owner only)."""
+        token = self._zenml_token(zenml_login)
+        values = {"username": mlflow_login[0], "password": mlflow_login[1]}
+        query = urllib.parse.urlencode({"name": f"equals:{MLFLOW_SECRET}", "private": "true"})
+        status, answer = self._zenml(f"/secrets?{query}", method="GET", token=token)
+        found = answer.get("items", []) if status == 200 else []
+        if found:
+            status, answer = self._zenml(f"/secrets/{found[0]['id']}", {"values": values}, method="PUT", token=token)
+        else:
+            status, answer = self._zenml("/secrets", {"name": MLFLOW_SECRET, "private": True, "values": values},
+                                         token=token)
+        if status != 200:
+            raise TeamError(f"keeping the MLflow login of {zenml_login.get('username', CI_ACCOUNT)} in its ZenML "
+                            f"secret {MLFLOW_SECRET} failed ({status}): {answer.get('message')}")
+
+    def ensure_admin_pipeline_login(self) -> None:
+        """`team up`, before the team's ZenML stack is registered (ZenML resolves the tracker's secret then,
+        as the admin): the admin's pipeline runs act on MLflow as its admin."""
+        self._zenml_mlflow_login({"username": ADMIN_USER, "password": self.sec["zenml_admin_password"]},
+                                 (ADMIN_USER, self.sec["admin_password"]))
+
+    def ensure_pipeline_logins(self) -> None:
+        """`team up`, once the team's ZenML stack is registered: the pipeline runs of `team` act on MLflow
+        as `team`, those of the `ci` service account (its API key) as `retrain`."""
+        self._zenml_mlflow_login({"username": TEAM_USER, "password": self.sec["zenml_team_password"]},
+                                 (TEAM_USER, self.sec["team_password"]))
+        self._zenml_mlflow_login({"password": self.sec["zenml_ci_api_key"]},
+                                 (SERVICE_ACCOUNT, self.sec["retrain_password"]))
 
     def _zenml_user(self, name: str, password: str, *, admin: bool) -> None:
         status, answer = self._zenml("/users", {"name": name, "password": password, "active": True,
@@ -192,24 +264,21 @@ class Accounts:
     def add(self, name: str, role: str) -> Path:
         """Create `name` with `role` on both servers; the path of its password file."""
         _check_name(name)
-        if role not in ROLES and not (name == SERVICE_ACCOUNT and role == SERVICE_ACCOUNT):
+        if role not in ROLES:
             raise TeamError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         users = self.users()
         if name in users and users[name]["state"] == "active":
             raise TeamError(f"{name} exists ({users[name]['role']}); `labelspace team user reset-password {name}` "
                             "gives a new password")
         password = self._new_password(name)
-        status, answer = self._mlflow("/api/2.0/mlflow/users/create", {"username": name, "password": password})
-        if status != 200:
-            if answer.get("error_code") != "RESOURCE_ALREADY_EXISTS":
-                self._must(f"creating the MLflow user {name}", status, answer)
-            self._mlflow_password(name, password)
+        self._mlflow_user(name, password)
         if role == "admin":
             self._must(f"making {name} an MLflow admin", *self._mlflow(
                 "/api/2.0/mlflow/users/update-admin", {"username": name, "is_admin": True}, method="PATCH"))
         else:
             self._grant(name, role)
         self._zenml_user(name, password, admin=role == "admin")
+        self._zenml_mlflow_login({"username": name, "password": password}, (name, password))
         users[name] = {"role": role, "state": "active", "created": users.get(name, {}).get("created", _now()),
                        "changed": _now()}
         self._save(users)
@@ -236,16 +305,11 @@ class Accounts:
         password = self._new_password(name)
         self._mlflow_password(name, password)
         self._zenml_reactivate(name, password)
+        self._zenml_mlflow_login({"username": name, "password": password}, (name, password))
         users = self.users()
         users[name] = {**entry, "state": "active", "changed": _now()}
         self._save(users)
         return self.password_file(name)
-
-    def ensure_service_account(self) -> Path:
-        """`retrain`, the scheduler's and CI's login (the gate's permissions), created once."""
-        if SERVICE_ACCOUNT in self.users():
-            return self.password_file(SERVICE_ACCOUNT)
-        return self.add(SERVICE_ACCOUNT, SERVICE_ACCOUNT)
 
     def env(self, name: str) -> dict[str, str]:
         """What `name` exports (its password read from its file)."""

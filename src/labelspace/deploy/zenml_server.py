@@ -9,8 +9,8 @@ model versions), and the one ZenML stack registered on it, `labelspace-team`.
   labelspace.pipelines.team_stack registers the rest as the admin, in a child process whose ZenML
   client config is FOLDER/zenml/admin (mode 700), so that the caller's own ZenML client is never
   touched: the non-admin user `team` (what members log in as), the service account `ci` with an API
-  key (what CI exports, kept in secrets.json), two ZenML secrets (the S3 key, the MLflow login) and
-  the stack: the local orchestrator, an S3 artifact store on the bucket (endpoint through
+  key (what CI exports, kept in secrets.json), the ZenML secret of the S3 key and the stack (each
+  login's MLflow login is its own private secret, labelspace.deploy.users): the local orchestrator, an S3 artifact store on the bucket (endpoint through
   client_kwargs, keys from the secret), the team MLflow server as experiment tracker and registry.
 - `member_env` / `ci_env`: what `labelspace team env` prints. A member's `labelspace setup-stack` or
   `labelspace run` with ZENML_STORE_URL pointing at a ZenML server activates `labelspace-team`
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from labelspace.deploy.mariadb import DB_USER, store_url
-from labelspace.deploy.mlflow_server import TEAM_USER as MLFLOW_TEAM_USER
 from labelspace.deploy.mlflow_server import mlflow_url
 from labelspace.deploy.processes import (
     HOST,
@@ -153,7 +152,7 @@ def ensure_team_stack(layout: Layout, config: dict[str, Any], sec: dict[str, str
         "team_password": sec["zenml_team_password"], "new_ci_key": not sec.get("zenml_ci_api_key"),
         "s3_endpoint": s3_url(config), "bucket": config["buckets"]["zenml"], "region": REGION,
         "s3_access_key_id": sec["s3_access_key_id"], "s3_secret_access_key": sec["s3_secret_access_key"],
-        "mlflow_uri": mlflow_url(config), "mlflow_username": MLFLOW_TEAM_USER, "mlflow_password": sec["team_password"],
+        "mlflow_uri": mlflow_url(config),
     }
     client_dir = layout.root / "zenml" / "admin"
     client_dir.mkdir(parents=True, exist_ok=True)

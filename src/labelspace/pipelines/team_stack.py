@@ -54,8 +54,11 @@ def register_team_stack(spec: dict[str, Any]) -> dict[str, Any]:
         ci_key = client.create_api_key(CI_ACCOUNT, CI_ACCOUNT, description="labelspace team env --ci").key
     secret_values = {
         S3_SECRET: {"aws_access_key_id": spec["s3_access_key_id"], "aws_secret_access_key": spec["s3_secret_access_key"]},
-        MLFLOW_SECRET: {"username": spec["mlflow_username"], "password": spec["mlflow_password"]},
     }
+    # The tracker's MLflow login is each login's private secret (labelspace.deploy.users): a public one of
+    # the same name, as older stacks had, would be read first and make every run act as its login.
+    for public in client.list_secrets(name=f"equals:{MLFLOW_SECRET}", private=False).items:
+        client.delete_secret(str(public.id))
     for name, values in secret_values.items():
         try:
             existing = client.get_secret(name, allow_partial_name_match=False, allow_partial_id_match=False)
