@@ -38,7 +38,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="up, restore: back up (pg_dump) and migrate a database whose schema is older than the installed MLflow")
     p.add_argument("--workers", type=int, default=2, help="up, restore: MLflow server worker processes (default 2)")
     p.add_argument("--ci", action="store_true",
-                   help="env: log in to ZenML with the `ci` service account's API key instead of the `team` password")
+                   help="env: the scheduler's and CI's login: MLflow as the `retrain` service account (its gate "
+                        "promotes), ZenML with the `ci` service account's API key, instead of the shared `team` "
+                        "login (a trainer)")
     p.add_argument("--repo", default=".", help="dvc-remote: a folder of the DVC repo to configure (default: the "
                    "current folder)")
     p.add_argument("--default", action="store_true", help="dvc-remote: also make `team` the repo's default remote")
