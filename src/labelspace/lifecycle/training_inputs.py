@@ -46,17 +46,24 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def current_versions(config, *, dataset: str | None = None, vectors: str | None = None) -> dict[str, Any]:
-    """The versions a run of `config` (labelspace.config.Config) would record, computed without training."""
-    from labelspace.data.dvc_versions import dataset_version
-    from labelspace.lifecycle.lineage import code_checkout, code_version
-
+def input_paths(config, *, dataset: str | None = None, vectors: str | None = None) -> tuple[Path, Path]:
+    """The dataset and word-vector paths a run of `config` reads (`dataset`/`vectors` override the
+    config's), checked to exist, with what to do when one does not."""
     dataset_path = config.resolve(dataset or config.ingest.dataset)
     vectors_path = config.resolve(vectors or config.vectors.path)
     for what, path, fix in (("dataset", dataset_path, "run `dvc repro sample` or pass --dataset"),
                             ("word vectors", vectors_path, "run `dvc repro vectors` or pass --vectors")):
         if not path.exists():
             raise FileNotFoundError(f"{what} {path} does not exist: {fix}")
+    return dataset_path, vectors_path
+
+
+def current_versions(config, *, dataset: str | None = None, vectors: str | None = None) -> dict[str, Any]:
+    """The versions a run of `config` (labelspace.config.Config) would record, computed without training."""
+    from labelspace.data.dvc_versions import dataset_version
+    from labelspace.lifecycle.lineage import code_checkout, code_version
+
+    dataset_path, vectors_path = input_paths(config, dataset=dataset, vectors=vectors)
     code = code_version(code_checkout(config.root))
     return {"dataset": str(dataset_path), "vectors": str(vectors_path),
             "dataset_version": dataset_version(dataset_path, config.root),

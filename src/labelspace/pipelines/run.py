@@ -15,6 +15,7 @@ from labelspace.config import Config
 from labelspace.data.dvc_versions import dataset_version
 from labelspace.data.nuswide import read_concepts, unseen_labels
 from labelspace.lifecycle.tracking import configure_mlflow, ensure_experiment
+from labelspace.lifecycle.training_inputs import input_paths
 from labelspace.pipelines.kubeflow import kubeflow_options, pipeline_graph
 from labelspace.pipelines.stack import ensure_stack
 from labelspace.pipelines.training import EXPERIMENT, pipeline_arguments, training_pipeline
@@ -34,12 +35,7 @@ def run_pipeline(config: Config, *, dataset: str | None = None, vectors: str | N
     expression, hands the pipeline to an orchestrator that supports schedules (Kubeflow, Airflow,
     Vertex, ...; not the local one) instead of running it: ({}, {}) then (docs/lifecycle.md)."""
     root = config.root
-    dataset_path = config.resolve(dataset or config.ingest.dataset)
-    vectors_path = config.resolve(vectors or config.vectors.path)
-    for what, path, fix in (("dataset", dataset_path, "run `dvc repro sample` or pass --dataset"),
-                            ("word vectors", vectors_path, "run `dvc repro vectors` or pass --vectors")):
-        if not path.exists():
-            raise FileNotFoundError(f"{what} {path} does not exist: {fix}")
+    dataset_path, vectors_path = input_paths(config, dataset=dataset, vectors=vectors)
     versions = {"dataset": dataset_version(dataset_path, root), "vectors": dataset_version(vectors_path, root)}
     print(f"dataset {dataset_path} @ {versions['dataset']}\nvectors {vectors_path} @ {versions['vectors']}")
     held_out = held_out_for(config.evaluate, read_concepts(dataset_path),
