@@ -56,6 +56,13 @@ SECOND_VERSION = f"""
     print(json.dumps([second.version, second.status]))
 """
 
+ZENML_RUNS = """
+    import json
+    from zenml.client import Client
+    runs = Client().list_pipeline_runs(size=100, sort_by="asc:created")
+    print(json.dumps([[str(r.id), r.name, str(r.status)] for r in runs.items]))
+"""
+
 
 def _state(stack: dict, project: Path) -> dict:
     """What a team member reads from the registry: the champion's history, the audit of every
@@ -65,6 +72,9 @@ def _state(stack: dict, project: Path) -> dict:
     for version in ("1", "2"):
         state["audit"][version] = json.loads(run(["labelspace", "audit", version, "--json"], project, env).stdout)
     state["predictions"] = python_json(PREDICT, project, env)
+    zenml_config = project.parent / f"zenml-client-{stack['ports']['zenml']}"  # a login per server
+    zenml_config.mkdir(mode=0o700, exist_ok=True)
+    state["zenml_runs"] = python_json(ZENML_RUNS, project, {**env, "ZENML_CONFIG_PATH": str(zenml_config)})
     return state
 
 
@@ -137,6 +147,21 @@ def test_history_and_audit_of_every_version_are_identical(drill):
     assert before["history"]["holder"] == "1"
     assert after["history"] == before["history"]
     assert after["audit"] == before["audit"]
+
+
+def test_the_zenml_runs_are_listed_on_the_restored_server(drill):
+    before, after = drill.state_before["zenml_runs"], drill.state_after["zenml_runs"]
+    assert before and all(status == "completed" for _, _, status in before), before
+    assert after == before
+
+
+def test_a_person_added_before_the_backup_logs_in_to_the_restored_stack(drill):
+    folder = Path(drill.after["folder"])
+    assert json.loads((folder / "users.json").read_text())["abe"]["state"] == "active"
+    assert (folder / "users" / "abe.password").stat().st_mode & 0o777 == 0o600  # came with the backup
+    person = member_env(drill.after, **approver(drill.after))  # reads that file: no new account
+    history = json.loads(run(["labelspace", "history", "--json"], drill.project, person).stdout)
+    assert history == drill.state_after["history"]
 
 
 def test_the_restored_stack_still_refuses_the_shared_login_a_promotion(drill):

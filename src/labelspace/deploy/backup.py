@@ -6,6 +6,8 @@ A backup folder holds:
     manifest.json     what was copied, from which stack, with which versions, how long it took
     team.json         the stack's configuration (ports, buckets, SeaweedFS's ports)
     secrets.json      the stack's secrets, mode 600 (the folder itself is mode 700)
+    users.json, users/  the personal accounts (`labelspace team user`): names, roles, states and each
+                      one's password file, mode 600 (absent when no one was added)
     NAME/             one folder per service with a `backup` (team.STACK): postgres/ has a pg_dump
                       of each database, s3/ every bucket with every object version
 
@@ -55,6 +57,17 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _copy_accounts(source: Path, target: Path) -> None:
+    """users.json and users/NAME.password from one folder to another, private (labelspace.deploy.users):
+    the restored MLflow user store holds those passwords' hashes, so a person logs in as before."""
+    if (source / "users.json").is_file():
+        write_private(target / "users.json", (source / "users.json").read_text())
+    if (source / "users").is_dir():
+        (target / "users").mkdir(mode=0o700, exist_ok=True)
+        for path in sorted((source / "users").glob("*.password")):
+            write_private(target / "users" / path.name, path.read_text())
+
+
 def team_backup(folder: str | os.PathLike | None, out_dir: str | os.PathLike,
                 out: Callable[[str], None] = print) -> dict[str, Any]:
     """Back the running stack of `folder` up into `out_dir` (which must not exist yet, or be empty);
@@ -88,6 +101,7 @@ def team_backup(folder: str | os.PathLike | None, out_dir: str | os.PathLike,
             manifest["seconds"][service.name] = round(time.monotonic() - t, 2)
         (partial / "team.json").write_text(json.dumps(stack.config, indent=2) + "\n")
         write_private(partial / "secrets.json", json.dumps(stack.sec, indent=2) + "\n")
+        _copy_accounts(stack.layout.root, partial)
     manifest["seconds"]["total"] = round(time.monotonic() - t0, 2)
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     if target.exists():
@@ -118,6 +132,7 @@ def team_restore(backup_dir: str | os.PathLike, folder: str | os.PathLike | None
     with locked(layout):
         os.chmod(layout.root, 0o711)
         write_private(layout.secrets, (source / "secrets.json").read_text())
+        _copy_accounts(source, layout.root)
         config = {key: value for key, value in saved.items() if key != "s3_ports"}  # chosen anew, beside the new S3 port
         layout.config.write_text(json.dumps(config, indent=2) + "\n")
         info = start_stack(layout, requested_ports(ports), upgrade_db=upgrade_db, workers=workers, out=out,
