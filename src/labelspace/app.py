@@ -70,10 +70,14 @@ def prepare_environment() -> Path:
     root = project_root()
     os.environ.setdefault("ZENML_CONFIG_PATH", str(root / ".zenml"))
     os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "WARN")
+    quiet_artifact_downloads()
+    return root
+
+
+def quiet_artifact_downloads() -> None:
+    """MLflow draws a tqdm bar for every artifact it downloads; written to a log (DVC's, CI's) that is
+    one line per file, over a hundred for `labelspace analyze`. Off unless progress is drawn as bars."""
     from labelspace.progress import progress_mode
 
     if progress_mode() != "bar":
-        # MLflow draws a tqdm bar for every artifact it downloads; written to a log (DVC's, CI's) that is
-        # one line per file, over a hundred for `labelspace analyze`. Off unless the team asks for it.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return root

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 
-from labelspace.app import telemetry_off
+from labelspace.app import quiet_artifact_downloads, telemetry_off
 from labelspace.console import configure_console_logging
 
 # name -> (module under labelspace.cli, one-line help)
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     telemetry_off()
+    quiet_artifact_downloads()  # every command, audit and history too, not only those that set up a project
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     args = build_parser().parse_args()
