@@ -178,8 +178,8 @@ def _registry(root: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _reproduce(env, root, workdir, *extra, check=True):
-    done = _labelspace(env, "reproduce", "1", "--workdir", str(workdir), "--json", *extra, cwd=root, check=False)
+def _reproduce(env, root, workdir, *extra, ref="1", check=True):
+    done = _labelspace(env, "reproduce", ref, "--workdir", str(workdir), "--json", *extra, cwd=root, check=False)
     if check:
         assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-5000:]
         return json.loads(done.stdout[done.stdout.index("{\n"):])
@@ -192,7 +192,8 @@ def test_a_version_is_rebuilt_bit_for_bit_from_its_recorded_data_even_after_the_
     labels = sorted((root / "data" / "fashion-canvas").rglob("Labels_*_Train.txt"))[0]
     flipped = "".join("0\n" if line.strip() == "1" else "1\n" for line in labels.read_text().splitlines())
     labels.write_text(flipped)  # the work tree's data is no longer the version's
-    result = _reproduce(env, root, tmp_path / "work")
+    result = _reproduce(env, root, tmp_path / "work", ref="@champion")  # production's alias, followed to version 1
+    assert result["version"] == "1", result
     assert result["verdict"]["verdict"] == BIT_IDENTICAL, result
     assert result["reproduced_hash"] == result["recorded_hash"] != "unknown"
     assert result["threads"] == _registry(root).get_model_version("labelspace", "1").tags["env.torch_threads"]

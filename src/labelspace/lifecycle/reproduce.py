@@ -34,7 +34,7 @@ from labelspace.config import load_params
 from labelspace.data.restore import DataUnavailable, relative_to_tree, restore_output
 from labelspace.lifecycle.audit import run_params, version_metrics
 from labelspace.lifecycle.lineage import PACKAGES_ARTIFACT, code_checkout, lock_hash
-from labelspace.lifecycle.registry import resolve_version, versions
+from labelspace.lifecycle.registry import resolve_candidate, versions
 from labelspace.lifecycle.reproduction_verdict import Verdict, judge, lock_pins, package_differences
 from labelspace.lifecycle.retry import client as mlflow_client
 from labelspace.training.runtime import describe_runtime
@@ -210,7 +210,7 @@ def reproduce(model_name: str, ref: str, *, project_root: Path, workdir: Path | 
               threads: int | None = None, record: bool = True, echo=print) -> Reproduction:
     """Rebuild version `ref` of `model_name` and judge it (module doc); records `reproduced.*` on it."""
     client = mlflow_client()
-    version = resolve_version(model_name, ref, client=client)
+    version = resolve_candidate(model_name, ref, client=client)
     number, tags = str(version.version), dict(version.tags)
     why = refusal(number, tags)
     if why:
