@@ -416,7 +416,7 @@ def test_the_store_listens_on_its_own_loopback_ports_and_guards_its_back_doors(s
 
 
 def test_a_restarted_stack_keeps_every_artifact_and_dvc_object(stack, client, s3, logged_run, tmp_path):
-    """The whole stack stopped and started again (moto, before SeaweedFS, lost every object here):
+    """The whole stack stopped and started again (the in-memory store used before SeaweedFS lost every object here):
     the artifact downloads through MLflow as before, the DVC objects are in their bucket, and an
     overwritten object keeps its old version."""
     _, run_id = logged_run
