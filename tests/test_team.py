@@ -5,7 +5,6 @@ lost), and stopped by PID."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -26,21 +25,7 @@ from labelspace.deploy.dvc_remote import configure_team_remote
 pytestmark = pytest.mark.team
 
 
-def _missing() -> str | None:
-    for module in ("psycopg2", "boto3", "flask_wtf", "alembic", "s3fs"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install -e '.[team]')"
-    try:
-        postgres.pg_bin()
-        s3server.weed_binary()
-    except team.TeamError as e:
-        return str(e)
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        return "running as root needs runuser to start PostgreSQL as the postgres user"
-    return None
-
-
-if (_reason := _missing()) is not None:
+if (_reason := team_support.missing()) is not None:
     pytest.skip(_reason, allow_module_level=True)
 
 from mlflow import MlflowClient  # noqa: E402  (after the skip: needs the team extra's packages)
