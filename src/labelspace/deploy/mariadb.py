@@ -23,6 +23,7 @@ from labelspace.deploy.processes import (
     START_TIMEOUT_S,
     Layout,
     TeamError,
+    answers_sql,
     service_env,
     spawn,
     stop_process,
@@ -114,12 +115,7 @@ def mariadb_connect(port: int, sec: dict[str, str], timeout: int = 3):
 
 
 def mariadb_healthy(port: int, sec: dict[str, str]) -> bool:
-    try:
-        with contextlib.closing(mariadb_connect(port, sec, timeout=2)) as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            return True
-    except Exception:  # not up yet
-        return False
+    return answers_sql(lambda: mariadb_connect(port, sec, timeout=2))
 
 
 def _login_refused(port: int, sec: dict[str, str]) -> bool:

@@ -29,6 +29,7 @@ from labelspace.deploy.processes import (
     Layout,
     TeamError,
     alive,
+    answers_sql,
     log_tail,
     wait_healthy,
     write_private,
@@ -89,12 +90,7 @@ def pg_connect(port: int, password: str, dbname: str = "postgres", user: str = "
 
 
 def pg_healthy(port: int, password: str) -> bool:
-    try:
-        with contextlib.closing(pg_connect(port, password, timeout=2)) as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            return True
-    except Exception:  # not up yet
-        return False
+    return answers_sql(lambda: pg_connect(port, password, timeout=2))
 
 
 def start_postgres(layout: Layout, port: int, sec: dict[str, str]) -> dict[str, Any]:

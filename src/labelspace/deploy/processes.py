@@ -86,6 +86,17 @@ class Layout:
         return self.root / "run" / f"{name}.json"
 
 
+def answers_sql(connect: Callable[[], Any]) -> bool:
+    """Whether a database a DB-API `connect()` reaches answers `SELECT 1` (a health check: any failure,
+    not up yet, is False)."""
+    try:
+        with contextlib.closing(connect()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            return True
+    except Exception:  # not up yet
+        return False
+
+
 def write_private(path: Path, text: str) -> None:
     """Write `text` to `path`, readable by its owner only (mode 600 from the first byte)."""
     path.parent.mkdir(parents=True, exist_ok=True)
