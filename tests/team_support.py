@@ -4,14 +4,20 @@ project whose `labelspace run` takes about a minute, and the checks that nothing
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -170,3 +176,35 @@ def _champion_problems(env: dict[str, str], cwd: Path) -> list[str]:
     last = str(moved[-1]["version"]) if moved else None
     holder = str(history["holder"]) if history["holder"] is not None else None
     return [] if holder == last else [f"champion names {holder}, its last completed move {last}: {history}"]
+
+
+@contextlib.contextmanager
+def run_until_step(step: str, cwd: Path, env: dict[str, str], timeout: float = 900
+                   ) -> Iterator[tuple[subprocess.Popen, list[str]]]:
+    """`labelspace run` in the background (env should ask ZenML for INFO logs); yields (the process, its
+    output lines so far and to come) once ZenML logs that `step` has started, for a fault to be injected
+    then; on leaving, a run still going is killed with its process group."""
+    lines: list[str] = []
+    started = threading.Event()
+    proc = subprocess.Popen([str(VENV_BIN / "labelspace"), "run"], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if re.search(rf"Step\W+{step}\W+has started", line):
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    t0 = time.monotonic()
+    try:
+        while not started.wait(1):
+            assert proc.poll() is None, f"the run ended before its {step} step:\n" + "".join(lines[-80:])
+            assert time.monotonic() - t0 < timeout, f"no {step} step after {timeout} s:\n" + "".join(lines[-80:])
+        yield proc, lines
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=10)

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import resource
 import shutil
 import signal
@@ -23,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -177,33 +175,11 @@ def first_run(stack, project, client, s3):
     answers (7 times, backoff 2 s), so the run completes, or it fails with one line; in that case
     the registry is checked and the run repeated (ZenML's cache skips what had finished)."""
     env = _member_env(stack, ZENML_LOGGING_VERBOSITY="INFO", ZENML_LOGGING_COLORS_DISABLED="true")
-    lines: list[str] = []
-    registering = threading.Event()
     t0, cpu0 = time.monotonic(), _cpu()
-    proc = subprocess.Popen([str(VENV_BIN / "labelspace"), "run"], cwd=project, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-            if re.search(r"Step\W+register\W+has started", line):
-                registering.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        while not registering.wait(1):
-            assert proc.poll() is None, "the run ended before its register step:\n" + "".join(lines[-80:])
-            assert time.monotonic() - t0 < 900, "no register step after 900 s:\n" + "".join(lines[-80:])
+    with team_support.run_until_step("register", project, env) as (proc, lines):
         restart_s = _restart_mlflow(stack)
         _timed("tracking server restarted while the register step runs", restart_s)
         rc = proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        reader.join(timeout=10)
-    reader.join(timeout=10)
     _timed(f"labelspace run (tiny project), the server restarted during it: exit {rc}", time.monotonic() - t0,
            _cpu() - cpu0)
     output = "".join(lines)

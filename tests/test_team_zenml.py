@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from team_support import run_until_step
 
 from labelspace.app import TELEMETRY_OFF
 from labelspace.deploy import mariadb, postgres, processes, s3server, team, zenml_server
@@ -252,22 +251,7 @@ def test_zenml_server_killed_during_a_run_then_team_up_and_the_rerun_loses_nothi
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     layout = processes.Layout(Path(stack["folder"]))
     record = processes.running(layout, "zenml")
-    lines: list[str] = []
-    training = threading.Event()
-    proc = subprocess.Popen([str(VENV_BIN / "labelspace"), "run"], cwd=root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-            if re.search(r"Step\W+train\W+has started", line):
-                training.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        while not training.wait(1):
-            assert proc.poll() is None, "the run ended before its train step:\n" + "".join(lines[-60:])
+    with run_until_step("train", root, env) as (proc, lines):
         os.kill(record["pid"], signal.SIGKILL)
         t0 = time.monotonic()
         while processes.alive(record["pid"]):
@@ -276,11 +260,6 @@ def test_zenml_server_killed_during_a_run_then_team_up_and_the_rerun_loses_nothi
         print(f"\n[{time.monotonic() - t0:6.1f} s] ZenML server SIGKILLed during the train step; team up")
         assert info["started"] == ["zenml"]
         rc = proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        reader.join(timeout=10)
     print(f"the interrupted run: exit {rc}\n" + textwrap.indent("".join(lines[-15:]), "    | "))
     if rc != 0:
         _run([str(VENV_BIN / "labelspace"), "run"], root, member_a["env"])
