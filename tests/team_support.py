@@ -73,16 +73,21 @@ def member_env(stack: dict, *, ci: bool = False, **extra: str) -> dict[str, str]
     return env
 
 
-def approver(stack: dict, name: str = "abe") -> dict[str, str]:
-    """The MLflow variables of an approver, added as `labelspace team user add NAME --role approver` does
-    (once: a second call reads its password file): merged into member_env, its promote and rollback pass."""
+def person(stack: dict, name: str, role: str) -> dict[str, str]:
+    """The MLflow variables of a person with `role`, added as `labelspace team user add NAME --role ROLE`
+    does (once: a second call reads its password file), to merge into member_env."""
     from labelspace.deploy.users import Accounts
 
     st = team.read_stack(stack["folder"])
     accounts = Accounts(st.layout, st.config, st.sec)
     if accounts.users().get(name, {}).get("state") != "active":
-        accounts.add(name, "approver")
+        accounts.add(name, role)
     return {k: v for k, v in accounts.env(name).items() if k.startswith("MLFLOW_")}
+
+
+def approver(stack: dict, name: str = "abe") -> dict[str, str]:
+    """The MLflow variables of an approver (`person`): merged into member_env, its promote and rollback pass."""
+    return person(stack, name, "approver")
 
 
 def assert_shared_login_may_not_promote(result: subprocess.CompletedProcess) -> None:

@@ -3,8 +3,10 @@ dataset is `dvc add`ed, runs the real `labelspace run` with nothing but the serv
 credentials in its environment; the challenger lands in the registry with its artifacts in S3;
 `labelspace promote` by an approver moves champion (the shared `team` login's is refused); a second "machine" (another process and folder, the URI and
 credentials only) loads and serves the champion; a second clone pulls the dataset from the S3 remote
-and finds the version the registry recorded; the tracking server restarted during a run leaves the
-registry consistent. The stack runs in a temporary folder on free ports and is stopped by PID.
+and finds the version the registry recorded; another member reproduces the version from a fresh clone
+(the data from the S3 remote, the training in stores of its own, the verdict tagged on the server), a
+reader may not; the tracking server restarted during a run leaves the registry consistent. The stack
+runs in a temporary folder on free ports and is stopped by PID.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import yaml
 
 from labelspace.app import TELEMETRY_OFF
 from labelspace.deploy import processes, s3server, team
-from labelspace.deploy.dvc_remote import configure_team_remote
 
 pytestmark = [pytest.mark.slow, pytest.mark.team]
 
@@ -135,13 +136,20 @@ def s3(stack):
 
 @pytest.fixture(scope="module")
 def project(stack, tiny_dataset, small_vectors, tmp_path_factory, repo_root):
-    """A team member's project: a git repository with the tiny dataset `dvc add`ed under data/, the
-    team's DVC remote set as `team up` prints it, and params.yaml shrunk to run in about a minute."""
+    """A team member's checkout of the project: a git repository holding the code (a copy of this
+    working tree's src/, run from there with `_code`, so a version names a commit holding its code), the
+    tiny dataset and the vectors `dvc add`ed under data/, the team's DVC remote set as `team up` prints
+    it, and params.yaml shrunk to run in about a minute."""
     root = tmp_path_factory.mktemp("team-project")
     env = _member_env(stack)
+    shutil.copytree(repo_root / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "requirements.lock"):
+        shutil.copy(repo_root / name, root / name)
+    (root / "data" / "vectors").mkdir(parents=True)
+    os.link(small_vectors, root / "data" / "vectors" / small_vectors.name)
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     params["ingest"].update(dataset="data/fashion-canvas", image_size=32)
-    params["vectors"]["path"] = str(small_vectors)
+    params["vectors"]["path"] = f"data/vectors/{small_vectors.name}"
     params["train"].update(epochs=1, batch_size=32)
     params["register"]["open_vocabulary_size"] = 2000
     if "promote" in params:  # the promotion gate, where there is one, leaves champion to `labelspace promote`
@@ -152,12 +160,17 @@ def project(stack, tiny_dataset, small_vectors, tmp_path_factory, repo_root):
     _run(["git", "init", "-q"], root, env)
     _run(["dvc", "init", "-q"], root, env)
     team_support.configure_dvc(root, stack, env)  # what `team up` shows: two `dvc remote` lines, `team dvc-remote`
-    _run(["dvc", "add", "-q", "data/fashion-canvas"], root, env)
+    _run(["dvc", "add", "-q", "data/fashion-canvas", f"data/vectors/{small_vectors.name}"], root, env)
     (root / ".gitignore").write_text("/data/cache/\n/checkpoints/\n/reports/\n/.zenml/\n")
     _run(["git", "add", "."], root, env)  # data/.gitignore (from dvc add) keeps the dataset itself out
     _run(["git", "commit", "-qm", "tiny project"], root, env)
-    _timed("git init, dvc init, dvc remote (team), dvc add of the dataset", time.monotonic() - t0)
+    _timed("git init, dvc init, dvc remote (team), dvc add of the dataset and vectors", time.monotonic() - t0)
     return root
+
+
+def _code(checkout: Path) -> dict[str, str]:
+    """Run the code of `checkout` (its src/ ahead of the installed package), as a member of a clone does."""
+    return {"PYTHONPATH": str(checkout / "src")}
 
 
 def _restart_mlflow(stack) -> float:
@@ -174,7 +187,7 @@ def first_run(stack, project, client, s3):
     logs that the register step has started. MLflow's client retries a refused connection and 5xx
     answers (7 times, backoff 2 s), so the run completes, or it fails with one line; in that case
     the registry is checked and the run repeated (ZenML's cache skips what had finished)."""
-    env = _member_env(stack, ZENML_LOGGING_VERBOSITY="INFO", ZENML_LOGGING_COLORS_DISABLED="true")
+    env = _member_env(stack, ZENML_LOGGING_VERBOSITY="INFO", ZENML_LOGGING_COLORS_DISABLED="true", **_code(project))
     t0, cpu0 = time.monotonic(), _cpu()
     with team_support.run_until_step("register", project, env) as (proc, lines):
         restart_s = _restart_mlflow(stack)
@@ -187,7 +200,7 @@ def first_run(stack, project, client, s3):
     run = SimpleNamespace(rc=rc, output=output, restart_s=restart_s, problems=_consistent(client, s3, stack),
                           final=output)
     if rc != 0:
-        run.final = _run(["labelspace", "run"], project, _member_env(stack), timeout=900,
+        run.final = _run(["labelspace", "run"], project, _member_env(stack, **_code(project)), timeout=900,
                          what="labelspace run again, after the failed one").stdout
     return run
 
@@ -337,21 +350,100 @@ def _tree(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_the_dataset_round_trips_through_the_s3_remote_to_a_second_clone(stack, project, first_run, client, s3,
-                                                                          tmp_path):
-    env = _member_env(stack)
-    _run(["dvc", "push", "-q", "-r", team.DVC_REMOTE], project, env, what="dvc push -r team (the dataset folder)")
+@pytest.fixture(scope="module")
+def pushed(stack, project, first_run, s3):
+    """The member who trained pushes the version's data (the dataset and the vectors) to the team's remote."""
+    _run(["dvc", "push", "-q", "-r", team.DVC_REMOTE], project, _member_env(stack),
+         what="dvc push -r team (the dataset folder and the vectors)")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack["buckets"]["dvc"]).get("Contents", [])]
     assert any(k.endswith(".dir") for k in keys), keys  # the folder's manifest, beside its files
-    clone = tmp_path / "clone"
-    _run(["git", "clone", "-q", str(project), str(clone)], tmp_path, env)
+    return keys
+
+
+def _fresh_clone(stack, project: Path, clone: Path, env: dict[str, str]) -> Path:
+    """Another member's clone: `git clone`, then `labelspace team dvc-remote` for the remote's key (kept
+    out of git: each clone sets it); no data, an empty DVC cache."""
+    _run(["git", "clone", "-q", str(project), str(clone)], clone.parent, env)
     assert not (clone / "data" / "fashion-canvas").exists() and not (clone / ".dvc" / "config.local").exists()
-    configure_team_remote(stack["folder"], clone)  # the key stays out of git: each clone sets it
+    _run(["labelspace", "team", "dvc-remote", "--dir", stack["folder"]], clone, env)
+    assert not _cached(clone)
+    return clone
+
+
+def _cached(clone: Path) -> list[str]:
+    """The files in a clone's DVC cache."""
+    return [p.name for p in (clone / ".dvc" / "cache").rglob("*") if p.is_file()]
+
+
+def test_the_dataset_round_trips_through_the_s3_remote_to_a_second_clone(stack, project, first_run, pushed, client,
+                                                                          tmp_path):
+    env = _member_env(stack)
+    clone = _fresh_clone(stack, project, tmp_path / "clone", env)
     _run(["dvc", "pull", "-q", "-r", team.DVC_REMOTE], clone, env, what="dvc pull -r team in a second clone")
     assert _tree(clone / "data" / "fashion-canvas") == _tree(project / "data" / "fashion-canvas")
     pulled = _run(["labelspace", "data-version", "data/fashion-canvas", "--verify"], clone, env).stdout.strip()
     # the registry recorded the version the second clone now has
     assert client.get_model_version(MODEL, "1").tags["data.dataset_version"] == pulled
+
+
+def _registry_counts(client) -> tuple[int, int]:
+    """(model versions of every registered model, runs of the training experiment) on the server."""
+    experiment = client.get_experiment_by_name(MODEL)
+    return (len(client.search_model_versions(max_results=10000)),
+            len(client.search_runs([experiment.experiment_id], max_results=10000)))
+
+
+def test_another_member_reproduces_the_version_from_a_fresh_clone_with_the_team_credentials(
+        stack, project, first_run, pushed, client, tmp_path):
+    """`labelspace reproduce 1` by a member who did not train it: a fresh clone (no data, an empty DVC
+    cache), `team env`'s variables (the shared `team` login, a trainer: EDIT on the candidates' model, so
+    it may tag the version) and `team dvc-remote`. The data comes from the S3 remote, the training runs
+    in stores of its own (nothing new on the server), on the machine that trained it: bit-identical."""
+    env = _member_env(stack)
+    clone = _fresh_clone(stack, project, tmp_path / "clone", env)
+    before = _registry_counts(client)
+    recorded = client.get_model_version(MODEL, "1").tags
+    done = _run(["labelspace", "reproduce", "1", "--workdir", str(tmp_path / "work")], clone,
+                {**env, **_code(clone)}, timeout=900, what="labelspace reproduce 1 in a fresh clone (team login)")
+    assert f"{MODEL} version 1: BIT-IDENTICAL" in done.stdout, done.stdout[-3000:]  # the verdict, printed
+    for rel in ("data/fashion-canvas", "data/vectors/glove-6b-50d.bin"):
+        assert f"restored {rel} @ " in done.stdout, done.stdout[-3000:]
+    # restored from the remote into the clone's (empty) cache: the dataset's manifest and the vectors
+    cached = _cached(clone)
+    assert recorded["data.dataset_version"].removesuffix(".dir")[2:] + ".dir" in cached, cached
+    assert recorded["data.vectors_version"][2:] in cached, cached
+    assert not (clone / "data" / "fashion-canvas").exists()  # into the worktree only, removed since
+    assert _registry_counts(client) == before  # retrained in the work folder's stores, not the server's
+    report = json.loads((tmp_path / "work" / "reproduction.json").read_text())
+    assert report["reproduced_hash"] == recorded["model.content_hash"] != "unknown", report
+    tags = client.get_model_version(MODEL, "1").tags
+    assert tags["reproduced.verdict"] == "bit-identical" and tags["reproduced.weights_hash"] == \
+        recorded["model.content_hash"], tags
+    assert tags["reproduced.threads"] == recorded["env.torch_threads"]
+    lineage = lambda t: {k: v for k, v in t.items() if not k.startswith("reproduced.")}  # noqa: E731
+    assert lineage(tags) == lineage(recorded)  # the lineage untouched
+    secrets = [v for k, v in env.items() if k in ("MLFLOW_TRACKING_PASSWORD", "ZENML_STORE_PASSWORD")]
+    secrets += list(json.loads(Path(stack["folder"], "secrets.json").read_text()).values())
+    logs = done.stdout + done.stderr + (tmp_path / "work" / "run.log").read_text() + json.dumps(report)
+    assert not [s for s in secrets if isinstance(s, str) and len(s) >= 8 and s in logs]
+    assert len(_run(["git", "worktree", "list"], clone, env).stdout.strip().splitlines()) == 1
+
+
+def test_a_reader_may_not_record_a_reproduction_and_is_refused_before_any_work(stack, project, first_run, client,
+                                                                             tmp_path):
+    """A reader has READ on the candidates' model: it may not tag a version, so `reproduce` (which
+    records its verdict there) refuses in one line before any work, and names --no-record."""
+    env = _member_env(stack, **team_support.person(stack, "rita", "reader"), **_code(project))
+    tags = client.get_model_version(MODEL, "1").tags
+    done = _run(["labelspace", "reproduce", "1", "--workdir", str(tmp_path / "work")], project, env, check=False,
+                what="labelspace reproduce 1 as a reader")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stdout[-2000:] + done.stderr[-4000:]
+    assert lines[0].startswith(f"labelspace reproduce: error: rita may not record the verdict on {MODEL} version 1: "
+                               "the MLflow server refused"), lines
+    assert "--no-record" in lines[0] and env["MLFLOW_TRACKING_PASSWORD"] not in done.stdout + done.stderr
+    assert not (tmp_path / "work").exists()  # refused before the worktree, the data or the training
+    assert client.get_model_version(MODEL, "1").tags == tags
 
 
 def test_audit_history_and_rollback_against_the_server(stack, project, promoted, client):

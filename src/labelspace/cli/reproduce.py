@@ -1,7 +1,8 @@
 """`labelspace reproduce VERSION|@ALIAS [--workdir DIR] [--threads N] [--json]`: retrain a registered
 version from its lineage in a worktree of its commit, with its data restored by hash, in stores of its
 own, and say whether the weights match (labelspace.lifecycle.reproduce). Exit 0 bit-identical or within
-tolerance, 1 not reproduced, 2 an error or a refusal (a version trained from a dirty tree)."""
+tolerance, 1 not reproduced, 2 an error or a refusal (a version trained from a dirty tree; a login that may
+not tag the version, unless --no-record)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                                      "(default: a new temporary folder, kept)")
     p.add_argument("--threads", type=int, help="torch threads (default: the count the version recorded)")
     p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="registered model name (default: %(default)s)")
-    p.add_argument("--no-record", action="store_true", help="do not tag the version with the verdict")
+    p.add_argument("--no-record", action="store_true", help="do not tag the version with the verdict (tagging needs "
+                   "EDIT on the registered model: a login without it, such as a team reader, is refused unless given this)")
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
 
 

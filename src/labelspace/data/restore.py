@@ -5,7 +5,10 @@ version was trained on, from the DVC cache or a DVC remote, whatever the work tr
 copy of the project (`labelspace reproduce` makes it a git worktree of the training commit): it shares
 the cache and the remotes of `source` (the user's checkout, where `dvc repro` or `dvc add` put the data
 in the cache), points the output's entry in dvc.lock or `<path>.dvc` at `md5`, then runs DVC's own
-fetch (from the remote, only what the cache lacks) and checkout. Nothing in `source` changes.
+fetch (only what the cache lacks) and checkout. The remotes are tried in turn, the default first, until
+one holds it all: a team member's clone has the team's S3 remote as `team` (`labelspace team
+dvc-remote`, its key in .dvc/config.local, copied into the scratch copy) and may have no default.
+Nothing in `source` changes.
 """
 
 from __future__ import annotations
@@ -85,20 +88,28 @@ def restore_output(tree: Path, rel_path: str, md5: str, *, source: Path) -> None
 
     cache, remotes, default = share_cache_and_remotes(tree, source)
     pin_output(tree, rel_path, md5)
-    fetched = ""
+    target = [str(tree / rel_path)]
+    order = [default] if default else []
+    order += [name for name in remotes if name != default]
+    looked: list[str] = []
     with Repo(str(tree)) as repo:
-        if default:
+        for remote in [None, *order]:  # the cache alone first: nothing to fetch when it holds the version
+            if remote is not None:
+                try:
+                    repo.fetch(targets=target, remote=remote)
+                    looked.append(f"the DVC remote {remote} ({remotes.get(remote, '?')})")
+                except DvcException as e:  # the checkout below then misses something: the next remote
+                    looked.append(f"the DVC remote {remote} ({remotes.get(remote, '?')}: "
+                                  f"{str(e).splitlines()[0][:200]})")
             try:
-                repo.fetch(targets=[str(tree / rel_path)])
-            except DvcException as e:  # reported below, if the checkout then misses something
-                fetched = f" ({str(e).splitlines()[0][:200]})"
-        try:
-            repo.checkout(targets=[str(tree / rel_path)], force=True)
-        except CheckoutError:
-            looked = (f"the DVC remote {default} ({remotes.get(default, '?')}){fetched}" if default
-                      else "no DVC remote (none is configured)")
+                repo.checkout(targets=target, force=True)
+                break
+            except CheckoutError:
+                continue
+        else:
+            where = " nor on ".join(looked) if looked else "no DVC remote (none is configured)"
             raise DataUnavailable(
-                f"data version {md5} of {rel_path} is not in the DVC cache {cache} and not on {looked}: "
+                f"data version {md5} of {rel_path} is not in the DVC cache {cache} and not on {where}: "
                 f"`dvc push` it from the checkout that trained the version, or point the DVC remote at a store "
                 f"that holds it") from None
     if not (tree / rel_path).exists():

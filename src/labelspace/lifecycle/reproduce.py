@@ -12,7 +12,11 @@ the rebuild matches (labelspace.lifecycle.reproduction_verdict decides).
    recorded thread count, on the CPU when the version was trained on one: nothing new in the team's
    registry or ZenML.
 4. The retrained version's weights hash, environment and test metrics against the recorded ones give the
-   verdict, recorded on the version as `reproduced.*` tags (date, verdict, differences, ...).
+   verdict, recorded on the version as `reproduced.*` tags (date, verdict, differences, ...). Tagging a
+   version needs EDIT on its registered model (on the team server: a trainer, an approver, the shared
+   `team` login, not a reader): whether this login may is asked before any work, by setting one of the
+   version's tags to the value it has, and a login that may not is refused in one line (`--no-record`
+   reproduces without recording).
 """
 
 from __future__ import annotations
@@ -42,6 +46,35 @@ from labelspace.training.runtime import describe_runtime
 WORKTREE = "tree"
 CHILD_ENV_DROPPED = ("MLFLOW_", "ZENML_STORE_", "ZENML_SERVER", "ZENML_CONFIG_PATH", "LABELSPACE_PARAMS",
                      "LABELSPACE_TORCH_THREADS", "OMP_NUM_THREADS", "AWS_", "PYTHONPATH")
+
+
+class RecordRefused(RuntimeError):
+    """The tracking server refused this login a tag on the version (403): the verdict cannot be recorded."""
+
+
+def _record_refusal(model_name: str, number: str, when: str) -> RecordRefused:
+    login = os.environ.get("MLFLOW_TRACKING_USERNAME") or "this login"
+    return RecordRefused(
+        f"{login} may not record the verdict on {model_name} version {number}{when}: the MLflow server refused "
+        f"a tag on it (403: tagging a version needs EDIT on the registered model {model_name}; trainers, "
+        "approvers and admins have it, readers do not): run with --no-record to reproduce without recording, "
+        "or as a login that may (docs/team-server.md, People and roles)")
+
+
+def check_may_record(client, model_name: str, number: str, tags: dict[str, str]) -> None:
+    """RecordRefused unless this login may tag the version: one of its tags is set to the value it has
+    (nothing changes; a store without logins always allows it)."""
+    from mlflow.exceptions import MlflowException
+
+    from labelspace.lifecycle.champion import is_refusal
+
+    key = "code.git_commit"  # refusal() made sure it is there
+    try:
+        client.set_model_version_tag(model_name, number, key, tags[key])
+    except MlflowException as e:
+        if is_refusal(e):
+            raise _record_refusal(model_name, number, "") from None
+        raise
 
 
 @dataclass
@@ -217,6 +250,8 @@ def reproduce(model_name: str, ref: str, *, project_root: Path, workdir: Path | 
         raise ValueError(why)
     commit = tags["code.git_commit"]
     source = source_repository(project_root, commit)
+    if record:
+        check_may_record(client, model_name, number, tags)
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"labelspace-reproduce-v{number}-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in ("mlflow", "zenml"):
@@ -253,7 +288,17 @@ def reproduce(model_name: str, ref: str, *, project_root: Path, workdir: Path | 
                           reproduced_hash=again.get("model.content_hash", "unknown"), verdict=verdict, notes=notes)
     (workdir / "reproduction.json").write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
     if record:
-        record_verdict(client, model_name, number, result)
+        from mlflow.exceptions import MlflowException
+
+        from labelspace.lifecycle.champion import is_refusal
+
+        try:
+            record_verdict(client, model_name, number, result)
+        except MlflowException as e:
+            if not is_refusal(e):
+                raise
+            raise _record_refusal(model_name, number, f" (it was {verdict.verdict}, the report is "
+                                                      f"{workdir / 'reproduction.json'})") from None
     return result
 
 
