@@ -96,8 +96,9 @@ class Tables:
         weights /= weights.sum(axis=1, keepdims=True)
         return np.einsum("nt,ntv->nv", weights, self.cosines.T[order])
 
-    def ranked(self, variant: str, kappa: float, prior: float) -> tuple[np.ndarray, np.ndarray]:
-        """D' of the validation and the reference images under `variant` (name:parameter)."""
+    def ranked(self, variant: str) -> tuple[np.ndarray, np.ndarray]:
+        """D' of the validation and the reference images under `variant` (name:parameter), before any
+        offset; a training label's D as measured."""
         name, _, param = variant.partition(":")
         val, ref = self.val, self.ref
         if name == "raw":
@@ -125,10 +126,20 @@ class Tables:
             out_val, out_ref = self.m + self.s * z_val, self.m + self.s * z_ref
         else:
             raise SystemExit(f"unknown variant {variant!r}")
-        offset = self.s * (kappa + prior * self.domain)
-        out_val, out_ref = out_val + offset, out_ref + offset
         out_val[:, self.seen], out_ref[:, self.seen] = val[:, self.seen], ref[:, self.seen]
         return out_val, out_ref
+
+    def offset(self, kappa: float, prior: float, norm: float, columns: np.ndarray) -> np.ndarray:
+        """(V,) what each word of `columns` (the ranked list) moves, in spreads s: kappa + prior d_w,
+        plus `norm` times log sum over the list's words that are no training label of exp(-prior d_v):
+        the prior that some word never trained on applies, shared among the such words a request
+        ranks (2 held-out concepts or 20,000 open words). 0 for a training label and outside `columns`."""
+        out = np.zeros(len(self.seen))
+        open_ = columns[~self.seen[columns]]
+        out[open_] = kappa + prior * self.domain[open_]
+        if norm and len(open_):
+            out[open_] += norm * np.logaddexp.reduce(-prior * self.domain[open_])
+        return self.s * out
 
 
 def image_z(D: np.ndarray, columns: np.ndarray, open_columns: np.ndarray) -> np.ndarray:
@@ -137,16 +148,20 @@ def image_z(D: np.ndarray, columns: np.ndarray, open_columns: np.ndarray) -> np.
     return (D[:, columns] - base.mean(axis=1, keepdims=True)) / base.std(axis=1, keepdims=True).clip(1e-12)
 
 
-def figures(D: np.ndarray, targets: np.ndarray, concepts: list[str], unseen: list[str], words: list[str]) -> dict:
-    """Validation figures of D' (N, concepts + words): ZSL, GZSL and the open vocabulary."""
+def figures(tables: Tables, base: np.ndarray, setting: tuple[float, float, float], targets: np.ndarray,
+            concepts: list[str], unseen: list[str], words: list[str]) -> dict:
+    """Validation figures of base D' (N, concepts + words) under `setting` (kappa, prior, norm): ZSL and
+    GZSL rank the concepts only, the open vocabulary the concepts and the words (`Tables.offset`)."""
     n_c = len(concepts)
+    full = base + tables.offset(*setting, np.arange(base.shape[1]))
+    D = base[:, :n_c] + tables.offset(*setting, np.arange(n_c))[:n_c]
     cols = np.array([concepts.index(u) for u in unseen])
     seen_cols = np.array([i for i in range(n_c) if concepts[i] not in unseen])
     out = {}
     z = zero_shot_metrics(-D[:, cols], targets[:, cols], unseen, k=1, more_ks=(3,))
     out.update({"zsl_top1": z["ratio"]["top1_O-F1"], "zsl_mAP": z["ratio"]["mAP"],
                 "zsl_top3": z["ratio"].get("top3_O-F1", float("nan"))})
-    zi = zero_shot_metrics(-image_z(D, cols, np.arange(n_c, D.shape[1])), targets[:, cols], unseen)
+    zi = zero_shot_metrics(-image_z(full, cols, np.arange(n_c, full.shape[1])), targets[:, cols], unseen)
     out["zsl_mAP_imgz"] = zi["ratio"]["mAP"]
     g = generalized_zero_shot_metrics(-D[:, :n_c], targets, concepts, unseen, (3,))
     out.update({"gzsl_top3": g["ratio"]["top3_O-F1"], "gzsl_share": g["top3"]["unseen_share"] / g["chance"]["top3"]["unseen_share"]})
@@ -156,8 +171,8 @@ def figures(D: np.ndarray, targets: np.ndarray, concepts: list[str], unseen: lis
     correct = (pred & t).sum()
     out["gzsl_seen_O-F1"] = 2 * correct / (pred.sum() + t.sum())
     out["seen_O-F1"] = topk_metrics(-D[:, seen_cols], targets[:, seen_cols], 3)["O-F1"]
-    nearest = np.argpartition(D, 5, axis=1)[:, :5]
-    nearest = np.take_along_axis(nearest, np.argsort(np.take_along_axis(D, nearest, axis=1), axis=1), axis=1)
+    nearest = np.argpartition(full, 5, axis=1)[:, :5]
+    nearest = np.take_along_axis(nearest, np.argsort(np.take_along_axis(full, nearest, axis=1), axis=1), axis=1)
     o = open_vocabulary_metrics(nearest, concepts, targets, words, unseen, (5,))
     out.update({"ov_hit5": o["hit@5"], "ov_unseen_hit5": o.get("held_out_hit@5", 0.0), "ov_hub": o["hubs"][0]["word"],
                 "ov_hub_share": o["hubs"][0]["top1_share"]})
@@ -166,12 +181,16 @@ def figures(D: np.ndarray, targets: np.ndarray, concepts: list[str], unseen: lis
     in_seen = np.isin(nearest, seen_cols)
     seen_true[in_seen] = targets[np.nonzero(in_seen)[0], nearest[in_seen]].astype(bool)
     out["ov_seen_hit5"] = float(seen_true[rows].any(axis=1).mean())
+    held_rows = targets[:, cols].any(axis=1)
+    if held_rows.any():  # how far the best true held-out label is from the top: its median rank among all words
+        best = np.where(targets[held_rows][:, cols].astype(bool), full[held_rows][:, cols], np.inf).min(axis=1)
+        out["ov_unseen_rank"] = float(np.median((full[held_rows] < best[:, None]).sum(axis=1) + 1))
     return out
 
 
 FIGURES = ("zsl_top1", "zsl_mAP", "zsl_mAP_imgz", "zsl_top3", "gzsl_top3", "gzsl_share", "gzsl_seen_O-F1",
-           "ov_seen_hit5", "ov_unseen_hit5", "ov_hub_share")
-BASELINE = ("standardized", 1.0, 0.0)  # the defaults before this study: standardized, kappa 1, no prior
+           "ov_seen_hit5", "ov_unseen_hit5", "ov_unseen_rank", "ov_hub_share")
+BASELINE = ("standardized", 1.0, 0.0, 0.0)  # the defaults before this study: standardized, kappa 1, no prior
 
 
 def summarize(paths: list[str], protocol: str) -> str:
@@ -188,8 +207,8 @@ def summarize(paths: list[str], protocol: str) -> str:
         groups: dict = {}
         for row in json.loads(Path(path).read_text()):
             if row["protocol"] == protocol:
-                groups.setdefault((row["variant"], row["kappa"], row["prior"]), []).append(row)
-        per_dataset[Path(path).stem] = {key: {f: float(np.nanmean([r[f] for r in rows])) for f in FIGURES}
+                groups.setdefault((row["variant"], row["kappa"], row["prior"], row.get("norm", 0.0)), []).append(row)
+        per_dataset[Path(path).stem] = {key: {f: float(np.nanmean([r.get(f, np.nan) for r in rows])) for f in FIGURES}
                                         | {"seeds": len(rows)} for key, rows in groups.items()}
     keys = [key for key in next(iter(per_dataset.values())) if all(key in d for d in per_dataset.values())]
 
@@ -210,7 +229,7 @@ def summarize(paths: list[str], protocol: str) -> str:
         f"{name} {f}" for name in per_dataset for f in FIGURES) + " |"]
     for score, tie, key, ok in sorted(admissible, reverse=True):
         figures_ = " | ".join(f"{per_dataset[name][key][f]:.2f}" for name in per_dataset for f in FIGURES)
-        lines.append(f"| {key[0]} k{key[1]:g} p{key[2]:g} | {ok} | {score:.2f} | {tie:.2f} | {figures_} |")
+        lines.append(f"| {key[0]} k{key[1]:g} p{key[2]:g} n{key[3]:g} | {ok} | {score:.2f} | {tie:.2f} | {figures_} |")
     return "\n".join(lines)
 
 
@@ -227,6 +246,7 @@ def main(argv=None) -> int:
                                           "blend:0.5,blend:0.75")
     p.add_argument("--kappas", default="-1,-0.5,0,0.5,1")
     p.add_argument("--priors", default="0,2,5,10,20")
+    p.add_argument("--norms", default="0", help="weights of the shared prior's normalizer (Tables.offset)")
     p.add_argument("--cache", default=str(ablation.ROOT / "data" / "ablation"))
     p.add_argument("--out")
     p.add_argument("--test", action="store_true",
@@ -261,13 +281,15 @@ def main(argv=None) -> int:
             seen[[concepts.index(c) for c in train_on]] = True
             tables = Tables(model, feats[0][val_idx], feats[0][train_idx[:256]], ranked_vectors, seen, ranked_vectors)
             val_targets = targets[val_idx][:, cidx]
+            grid = [(float(k), float(x), float(n)) for k in args.kappas.split(",") for x in args.priors.split(",")
+                    for n in args.norms.split(",")]
             for variant in args.variants.split(","):
-                for kappa in (float(k) for k in args.kappas.split(",")):
-                    for prior in (float(x) for x in args.priors.split(",")):
-                        D, _ = tables.ranked(variant, kappa, prior)
-                        row = {"seed": seed, "protocol": protocol, "variant": variant, "kappa": kappa, "prior": prior,
-                               "unseen": unseen, **figures(D, val_targets, concepts, unseen, words)}
-                        results.append(row)
+                base_D, _ = tables.ranked(variant)
+                for setting in grid:
+                    row = {"seed": seed, "protocol": protocol, "variant": variant, "kappa": setting[0],
+                           "prior": setting[1], "norm": setting[2], "unseen": unseen,
+                           **figures(tables, base_D, setting, val_targets, concepts, unseen, words)}
+                    results.append(row)
             print(f"seed {seed} {protocol}: unseen {unseen} done", flush=True)
             Path(args.out).write_text(json.dumps(results, default=float) + "\n")
     return 0

@@ -63,7 +63,7 @@ def test_conse_weights_a_hand_worked_image():
                                -torch.tensor([[1 / (1 + e), 0.5]]))
 
 
-def _conse_model(conse: int, prior: float, offset: float = 0.0):
+def _conse_model(conse: int, prior: float, offset: float = 0.0, share: float = 0.0):
     import torch
 
     from labelspace.model.networks import LabelSpaceModel
@@ -73,8 +73,53 @@ def _conse_model(conse: int, prior: float, offset: float = 0.0):
                             normalize=True, center_words=True, learn_scale=False, open_words="standardized").eval()
     training = torch.randn(4, 6)
     model.set_word_center(training)
-    model.fit_open_words(training, reference_outputs=torch.randn(40, 3, 6), offset=offset, prior=prior, conse=conse)
+    model.fit_open_words(training, reference_outputs=torch.randn(40, 3, 6), offset=offset, prior=prior, conse=conse,
+                         share=share)
     return model, training
+
+
+@pytest.mark.parametrize("prior", [0.0, 3.0])
+def test_the_shared_prior_moves_other_words_by_what_else_the_request_ranks(prior):
+    import torch
+
+    from labelspace.model.networks import Vocabulary
+
+    model, training = _conse_model(conse=2, prior=prior, offset=0.5, share=1.5)
+    plain, _ = _conse_model(conse=2, prior=prior, offset=0.5)
+    torch.manual_seed(1)
+    A, few, many = torch.randn(5, 3, 6), torch.randn(2, 6), torch.randn(60, 6)
+    unit = torch.nn.functional.normalize
+    s = model.seen_scale[1]
+
+    def normalizer(words: torch.Tensor) -> torch.Tensor:  # beta s log sum_v exp(-lambda (1 - c_v))
+        c = (unit(words, dim=1) @ unit(training, dim=1).T).amax(dim=1)
+        return 1.5 * s * torch.logsumexp(-prior * (1 - c), dim=0)
+
+    with torch.no_grad():
+        small = torch.cat([training, few])
+        large = torch.cat([training, few, many])
+        d_small, d_large = model.distances_from_output(A, small), model.distances_from_output(A, large)
+        # Training labels keep their D; each other word moves by the same amount, set by the other words asked.
+        torch.testing.assert_close(d_small[:, :4], plain.distances_from_output(A, training))
+        torch.testing.assert_close(d_small[:, 4:] - plain.distances_from_output(A, small)[:, 4:],
+                                   normalizer(few).expand(5, 2), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(d_large[:, 4:] - plain.distances_from_output(A, large)[:, 4:],
+                                   normalizer(torch.cat([few, many])).expand(5, 62), rtol=1e-5, atol=1e-5)
+        # Asked beside 60 more words, the two are pushed back behind the training labels ...
+        assert bool((d_large[:, 4:6] > d_small[:, 4:6]).all())
+        # ... and rows of a vocabulary are a request of their own: the same D as asking for those words.
+        rows = Vocabulary.cat([model.vocabulary(large).rows(torch.tensor([4, 0, 5]))])
+        torch.testing.assert_close(model.distances_from_output(A, rows), d_small[:, [4, 0, 5]], rtol=1e-5, atol=1e-6)
+        # A request of training labels only has nothing to share.
+        torch.testing.assert_close(model.distances_from_output(A, training), plain.distances_from_output(A, training))
+    # β travels with the weights; a model saved before it existed reads as none.
+    again, _ = _conse_model(conse=2, prior=prior, offset=0.5)
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again.distances_from_output(A, small), d_small)
+    again.load_state_dict({k: v for k, v in model.state_dict().items() if k != "open_share"})
+    with torch.no_grad():
+        torch.testing.assert_close(again.distances_from_output(A, small), plain.distances_from_output(A, small))
 
 
 def test_conse_and_the_domain_prior_measure_other_words_and_never_a_training_label():

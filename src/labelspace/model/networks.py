@@ -30,6 +30,9 @@ the words nearest to every image, whatever it shows, are hubs of the geometry, n
   `conse` T > 0 standardizes ConSE's score instead of D: the cosine of the word to the image's T
   nearest training labels, weighted by softmax(-D / s) (labelspace.model.ranking). `prior` λ (a
   domain prior) adds λ s (1 - c_w), c_w the word's largest cosine to a training label (as given).
+  `share` β (the shared prior) adds β s log sum_v exp(-λ (1 - c_v)) over the words of the request
+  that are no training label: the prior that some such word applies is shared among them, so a
+  request of two held-out labels moves them little and one of 20,000 open words moves them far.
 A training label's D is unchanged in every mode. All are fitted after training (`fit_open_words`);
 until then (while training) D is raw.
 
@@ -174,6 +177,7 @@ class LabelSpaceModel(nn.Module):
             self.register_buffer("training_directions", torch.zeros(0, d))  # the training labels' unit vectors, as given
             self.register_buffer("open_prior", torch.zeros(()))  # λ of the domain prior; 0: none
             self.register_buffer("conse_top", torch.zeros((), dtype=torch.long))  # ConSE's T; 0: D standardized
+            self.register_buffer("open_share", torch.zeros(()))  # β of the shared prior; 0: none
         if learn_scale:
             self.log_scale = nn.Parameter(torch.zeros(()))  # D is multiplied by exp(log_scale)
         self.backbone_name = backbone
@@ -219,11 +223,12 @@ class LabelSpaceModel(nn.Module):
 
     def fit_open_words(self, training_vectors: torch.Tensor, absent_distance: float | None = None,
                        reference_outputs: torch.Tensor | None = None, offset: float = 0.0, prior: float = 0.0,
-                       conse: int = 0) -> None:
+                       conse: int = 0, share: float = 0.0) -> None:
         """Fit the `open_words` mode (the module docstring) after training: "absent" needs δ,
         "standardized" the head's outputs A (R, k, d) on reference (validation) images and takes the
         offset κ, in units of the training labels' mean spread s (kept in `seen_scale` as m + κ s), and
-        the domain prior λ (`open_prior`), in the same units, and ConSE's T (`conse_top`, 0: off)."""
+        the domain prior λ (`open_prior`) and the shared prior's β (`open_share`), in the same units, and
+        ConSE's T (`conse_top`, 0: off)."""
         given = torch.as_tensor(training_vectors, dtype=torch.float32).to(self.head.weight.device)
         W = self.prepare_words(given)
         if self.open_words == "absent":
@@ -240,6 +245,7 @@ class LabelSpaceModel(nn.Module):
             self.training_directions = torch.nn.functional.normalize(given, dim=1)
             self.open_prior = torch.tensor(float(prior), device=W.device)
             self.conse_top = torch.tensor(int(conse), device=W.device)
+            self.open_share = torch.tensor(float(share), device=W.device)
         else:
             raise ValueError("fit_open_words needs a model built with open_words absent or standardized")
 
@@ -249,6 +255,8 @@ class LabelSpaceModel(nn.Module):
             state_dict[prefix + "open_prior"] = torch.zeros(())  # saved before the domain prior existed: none
             state_dict[prefix + "training_directions"] = torch.zeros(0, self.d)
             state_dict[prefix + "conse_top"] = torch.zeros((), dtype=torch.long)
+        if prefix + "reference_A" in state_dict and prefix + "open_share" not in state_dict:
+            state_dict[prefix + "open_share"] = torch.zeros(())  # saved before the shared prior existed: none
         for name in ("reference_A", "training_words", "training_directions"):
             if prefix + name in state_dict and name in self._buffers:
                 self._buffers[name] = torch.empty_like(state_dict[prefix + name], device=self._buffers[name].device)
@@ -273,7 +281,7 @@ class LabelSpaceModel(nn.Module):
         (bumped by every in-place change, load_state_dict's copy included; a reassigned buffer is
         another tensor)."""
         names = ("word_center", "label_span", "absent_distance", "reference_A", "training_words", "seen_scale",
-                 "training_directions", "open_prior", "conse_top")
+                 "training_directions", "open_prior", "conse_top", "open_share")
         buffers = tuple((t, t._version) for t in (self._buffers.get(n) for n in names) if t is not None)
         return (self.center_words, self.normalize, self.open_words), buffers
 
@@ -348,6 +356,10 @@ class LabelSpaceModel(nn.Module):
             standardized.mul_(s).div_(words.sigma).add_(m)
             if words.add is not None:
                 standardized.add_(words.add)  # the domain prior
+            if float(self.open_share):
+                from labelspace.model.ranking import shared_prior
+
+                standardized.add_(shared_prior(words.add, words.seen, self.open_share, s))
             if bool(words.seen.any()):
                 standardized = torch.where(words.seen, D, standardized)
             D = standardized

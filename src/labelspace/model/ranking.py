@@ -11,6 +11,12 @@ its training labels' prepared vectors and the spread s of their distances.
   the images too, so it moves zero-shot mAP.
 - The domain prior λ s (1 - c_w), c_w the word's largest cosine to a training label (vectors as
   given): of 20,000 open words, a tag of this dataset is more likely near its tags than `cheers` is.
+- The shared prior β s log sum_v exp(-λ (1 - c_v)), over the request's words v that are no training
+  label (β s log of their number without a domain prior): calibrated stacking's offset, made to
+  depend on what competes. That one such word applies has a prior; shared among two held-out labels
+  each keeps much of it, shared among 20,000 open words each keeps little. One fixed offset cannot
+  serve both (docs/ablation.md, round 3: low enough for held-out labels to take their share of a
+  GZSL top 3, it floods the open vocabulary's top 5 with words near the tags).
 
 docs/ablation.md, round 3, measures both against CSLS and inverted softmax on validation.
 """
@@ -40,3 +46,14 @@ def domain_prior(raw: torch.Tensor, directions: torch.Tensor, weight: torch.Tens
     unit vectors as given."""
     nearest = (torch.nn.functional.normalize(raw.float(), dim=1) @ directions.T).amax(dim=1)
     return weight * scale * (1 - nearest)
+
+
+def shared_prior(domain: torch.Tensor | None, seen: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """() β s log sum_v exp(-domain_v / s) over the words v not `seen` (L,) bool, `domain` (L,) the
+    domain prior λ s (1 - c_v) or None (none: β s log of their number); 0 when every word is seen."""
+    open_ = ~seen
+    if not bool(open_.any()):
+        return torch.zeros((), dtype=scale.dtype, device=scale.device)
+    if domain is None:
+        return weight * scale * torch.log(open_.sum().to(scale.dtype))
+    return weight * scale * torch.logsumexp(-domain[open_] / scale, dim=0)

@@ -187,7 +187,8 @@ def fit_head(
         log.warning("%s: %s", head, note)
     if getattr(result.model, "open_words", "raw") != "raw":
         note = _fit_open_words(result.model, vectors, validate, final_scores, note, model_config.open_words_offset,
-                               model_config.open_words_prior, model_config.open_words_conse)
+                               model_config.open_words_prior, model_config.open_words_conse,
+                               model_config.open_words_share)
     seconds = {**result.seconds, "calibration": time.perf_counter() - start}
     trained = TrainedModel(spec=spec, labels=train_labels, label_vectors=vectors,
                            state_dict=result.model.state_dict(), history=result.history,
@@ -201,10 +202,10 @@ REFERENCE_IMAGES = 256  # validation images whose A a "standardized" model carri
 
 
 def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scores: np.ndarray | None,
-                    note: str, offset: float = 0.0, prior: float = 0.0, conse: int = 0) -> str:
+                    note: str, offset: float = 0.0, prior: float = 0.0, conse: int = 0, share: float = 0.0) -> str:
     """Fit model.open_words on validation (labelspace.model.networks): "absent" takes δ, the median D
     of the absent training labels; "standardized" carries the head's A on the first REFERENCE_IMAGES
-    validation images, `offset`, `prior` and `conse` (model.open_words_*). Without a validation split D stays raw
+    validation images, `offset`, `prior`, `conse` and `share` (model.open_words_*). Without a validation split D stays raw
     for every word, and the note says so."""
     targets = validate.val_targets
     if len(targets) == 0 or (model.open_words == "absent" and targets.all()):
@@ -223,7 +224,7 @@ def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scor
     model.eval()
     with torch.no_grad():
         model.fit_open_words(torch.as_tensor(vectors), reference_outputs=model.from_features(feats.to(device)).float(),
-                             offset=offset, prior=prior, conse=conse)
+                             offset=offset, prior=prior, conse=conse, share=share)
     return note
 
 
