@@ -136,6 +136,11 @@ def test_gzsl_counts_only_the_held_out_labels_and_reports_how_often_they_are_cro
     assert result["top1"]["unseen_share"] == pytest.approx(1 / 3)
     # top-2 holds c on all three images: two correct of three.
     assert result["top2"]["O-P"] == pytest.approx(2 / 3) and result["top2"]["O-R"] == 1.0
+    # What the training labels a, b keep, on the two images holding one: a and b, right, in both rankings.
+    assert result["top1"]["trained_O-F1"] == result["top1"]["trained_alone_O-F1"] == 1.0
+    # When c outranks a on image 1, the joint top-1 has b alone right of 2 positives: 2*1/(1+2).
+    crowded = generalized_zero_shot_metrics(np.array([[2, 0, 3], [0, 3, 2], [1, 0, 2]]), targets[:3], labels, ["c"], (1,))
+    assert crowded["top1"]["trained_O-F1"] == pytest.approx(2 / 3) and crowded["top1"]["trained_alone_O-F1"] == 1.0
     assert result["mAP"] == pytest.approx(average_precision(scores[:3, 2], targets[:3, 2].astype(bool)))
     assert result["ratio"]["mAP"] == pytest.approx(result["mAP"] / result["chance"]["mAP"])
     with pytest.raises(ValueError, match="no test image holds"):

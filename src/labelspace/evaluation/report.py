@@ -90,7 +90,9 @@ def metrics_table(report: dict[str, Any], models: tuple[str, ...] = ("labelspace
             lines.append(f"  O-F1@{key[3:]} {100 * row['O-F1']:5.1f}  chance {100 * c['O-F1']:5.1f}"
                          + (f"  ({row['O-F1'] / c['O-F1']:.2f}x)" if c["O-F1"] else "")
                          + f"   share of top-{key[3:]} slots {100 * row['unseen_share']:.1f} "
-                         f"(chance {100 * c['unseen_share']:.1f})")
+                         f"(chance {100 * c['unseen_share']:.1f})"
+                         + (f"   training labels' O-F1@{key[3:]} {100 * row['trained_O-F1']:.1f} "
+                            f"(alone {100 * row['trained_alone_O-F1']:.1f})" if "trained_O-F1" in row else ""))
         lines.append(f"  mAP    {100 * gzsl['mAP']:5.1f}  chance {100 * gzsl['chance']['mAP']:5.1f}  "
                      f"({gzsl['ratio']['mAP']:.2f}x)")
     open_vocabulary = report.get("open_vocabulary")

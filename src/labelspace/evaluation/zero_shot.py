@@ -220,12 +220,25 @@ def chance_restricted_topk(targets: Any, columns: np.ndarray, k: int) -> dict[st
     }
 
 
+def _trained_f1(scores: np.ndarray, targets: np.ndarray, joint: np.ndarray, trained: np.ndarray, k: int) -> dict:
+    """The training labels' O-F1 in the joint top-k (`joint`, every label ranked) and in their own top-k,
+    both on the images holding a training label (as labelspace.evaluation.metrics counts them)."""
+    rows = targets[:, trained].any(axis=1)
+    if not len(trained) or not rows.any():
+        return {}
+    t = targets[rows][:, trained]
+    predicted = joint[rows][:, trained]
+    return {"trained_O-F1": float(2 * (predicted & t).sum() / (predicted.sum() + t.sum())),
+            "trained_alone_O-F1": topk_metrics(scores[rows][:, trained], t, k)["O-F1"]}
+
+
 def generalized_zero_shot_metrics(scores: Any, targets: Any, labels: list[str], held_out: list[str],
                                   ks: tuple[int, ...] = (3, 5)) -> dict[str, Any]:
     """GZSL: every label (trained and held out) ranked together on every test image with a positive;
-    top-k precision, recall and F1 counted on the held-out labels, their mAP over those images, and
+    top-k precision, recall and F1 counted on the held-out labels, their mAP over those images,
     `unseen_share` (the share of top-k slots the held-out labels take: 0 when the trained labels
-    crowd them out), each beside exact chance (`chance_restricted_topk`, `expected_average_precision`)."""
+    crowd them out), each beside exact chance, and what the training labels keep: their O-F1 in the
+    joint top-k (`trained_O-F1`) beside their top-k ranked alone (`trained_alone_O-F1`) (`chance_restricted_topk`, `expected_average_precision`)."""
     s, t = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(bool)
     if s.shape != t.shape or s.shape[1] != len(labels):
         raise ValueError(f"scores {s.shape} and targets {t.shape} must both be (N, {len(labels)})")
@@ -239,8 +252,10 @@ def generalized_zero_shot_metrics(scores: Any, targets: Any, labels: list[str], 
         raise ValueError(f"no test image holds any of the held-out labels {held_out}: nothing to evaluate")
     result: dict[str, Any] = {"labels": list(held_out), "n_labels_ranked": len(labels), "n_images": n,
                               "chance": {}, "ratio": {}}
+    trained = np.setdiff1d(np.arange(len(labels)), columns)
     for k in ks:
-        pred = topk_mask(s, k)[:, columns]
+        mask = topk_mask(s, k)
+        pred = mask[:, columns]
         correct, predicted = (pred & t[:, columns]).sum(axis=0).astype(float), pred.sum(axis=0).astype(float)
         p = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)[evaluated]
         r = (correct[evaluated] / positives[evaluated])
@@ -248,7 +263,9 @@ def generalized_zero_shot_metrics(scores: Any, targets: Any, labels: list[str], 
         orr = float(correct.sum() / positives.sum())
         cp, cr = float(p.mean()), float(r.mean())
         result[f"top{k}"] = {"C-P": cp, "C-R": cr, "C-F1": _f1(cp, cr), "O-P": op, "O-R": orr, "O-F1": _f1(op, orr),
-                             "unseen_share": float(predicted.sum() / (n * min(k, len(labels))))}
+                             "unseen_share": float(predicted.sum() / (n * min(k, len(labels)))),
+                             # the training labels' own O-F1 in this joint top-k, beside theirs ranked alone
+                             **_trained_f1(s, t, mask, trained, k)}
         chance = chance_restricted_topk(t, columns, k)
         chance["unseen_share"] = len(columns) / len(labels)
         result["chance"][f"top{k}"] = chance
