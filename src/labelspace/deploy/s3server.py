@@ -146,7 +146,9 @@ def start_s3(layout: Layout, config: dict[str, Any], sec: dict[str, str]) -> dic
     layout.s3_data.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.s3_dir, 0o700)
     identities = write_identities(layout, sec)
-    argv = [str(weed_binary()), "mini", f"-dir={layout.s3_data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+    # -logtostderr (a global flag, before the command): its log goes to the stack's s3.log only, not
+    # to weed.* files in the system's temporary folder.
+    argv = [str(weed_binary()), "-logtostderr", "mini", f"-dir={layout.s3_data}", f"-ip={HOST}", f"-ip.bind={HOST}",
             f"-s3.port={s3_port}", f"-s3.config={identities}",
             f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
             f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
