@@ -364,23 +364,25 @@ def test_the_rest_guard_answers_without_echo_or_traceback(served, caplog):
 # ---------------------------------------------------------------- remembered vocabularies
 
 
-@pytest.fixture(scope="module")
-def standardized(served):
+@pytest.fixture(scope="module", params=[0.0, 1.0], ids=["alone", "shared-prior"])
+def standardized(served, request):
     """A served model with standardized open words (the default mode) and a calibration: every word
-    that is no training label is measured against its statistics over the bundled reference outputs."""
+    that is no training label is measured against its statistics over the bundled reference outputs,
+    and with the shared prior (`share` 1) also against how many such words the request holds."""
     matrix = torch.from_numpy(served.vectors.matrix)
     bundle, model = labelspace_bundle(LABELS, served.vectors.matrix, seed=2, calibration=PASS_ALL, normalize=True,
                                       center_words=True, open_words="standardized")
     model.set_word_center(matrix)
     with torch.no_grad():
         features = torch.rand(48, model.backbone.num_features, generator=torch.Generator().manual_seed(3))
-        model.fit_open_words(matrix, reference_outputs=model.from_features(features))
+        model.fit_open_words(matrix, reference_outputs=model.from_features(features), share=request.param)
     bundle.state_dict = model.state_dict()
     with mlflow.start_run(experiment_id=ensure_experiment("serving-test")):
         info = log_labelspace_model(bundle, open_vocabulary=(list(served.kv.index_to_key), served.kv.vectors),
                                     input_example_image=served.jpeg)
-    local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(served.tmp / "standardized"))
-    return SimpleNamespace(model=model, local=local)
+    local = mlflow.artifacts.download_artifacts(info.model_uri,
+                                                dst_path=str(served.tmp / f"standardized-{request.param:g}"))
+    return SimpleNamespace(model=model, local=local, share=request.param)
 
 
 def expected_ranking(served, model, words: list[str]) -> dict[str, float]:
@@ -409,6 +411,7 @@ def test_each_vocabulary_is_ranked_as_requested_whatever_came_before(served, sta
     second = ["car", "Shirt", "bag", "house"]
     mixed = ["bag dress", "Shirt", "jacket"]  # a mean of words, a training label by case, an open word
     seen: dict[str, float] = {}
+    asked: dict[tuple[str, ...], dict[str, float]] = {}
     for words in (first, second, first, first[::-1], ["dress", "zzqxv"], first[1:3], [], mixed, mixed[::-1], second):
         if "zzqxv" in words:
             for _ in range(2):  # an unknown word is an error every time, never a remembered vocabulary
@@ -418,12 +421,19 @@ def test_each_vocabulary_is_ranked_as_requested_whatever_came_before(served, sta
         want = expected_ranking(served, standardized.model, words or LABELS)
         assert sorted(distances) == sorted(want), words
         np.testing.assert_allclose([distances[w] for w in want], list(want.values()), rtol=1e-5, atol=1e-6)
-        for word, value in distances.items():  # one word, one distance, whatever else was requested
-            assert seen.setdefault(word, value) == pytest.approx(value, rel=1e-6, abs=1e-7), word
+        asked[tuple(words)] = distances
+        for word, value in distances.items():  # one word, one distance, whatever else was requested ...
+            if word.lower() in LABELS or not standardized.share:  # ... but the shared prior's open words
+                assert seen.setdefault(word, value) == pytest.approx(value, rel=1e-6, abs=1e-7), word
         calibrated = [w for w in (words or LABELS) if w.lower() in LABELS]
         assert sorted(row["decided"]) == sorted(calibrated), words  # threshold 0: every covered label passes
         assert list(row["uncalibrated"]) == [w for w in words if w.lower() not in LABELS], words
     assert len(pyfunc.unwrap_python_model()._requested) == 7  # first, second, first reversed, a slice, [], mixed x2
+    # `jacket` beside two other open words (first) and beside one (mixed): the shared prior moves it by
+    # s log 3 and s log 2, so further back in the larger request; without it, the same distance.
+    gap = asked[tuple(first)]["jacket"] - asked[tuple(mixed)]["jacket"]
+    s = float(standardized.model.seen_scale[1])
+    assert gap == pytest.approx(standardized.share * s * (np.log(3) - np.log(2)), rel=1e-4, abs=1e-6)
     pyfunc.unwrap_python_model().calibration = {}  # after `first` was remembered: nothing is decided any more
     _, row = ranked(pyfunc, served, first)
     assert list(row["decided"]) == [] and list(row["uncalibrated"]) == first
