@@ -30,9 +30,8 @@ the words nearest to every image, whatever it shows, are hubs of the geometry, n
   `conse` T > 0 standardizes ConSE's score instead of D: the cosine of the word to the image's T
   nearest training labels, weighted by softmax(-D / s) (labelspace.model.ranking). `prior` λ (a
   domain prior) adds λ s (1 - c_w), c_w the word's largest cosine to a training label (as given).
-  `share` β (the shared prior) adds β s log sum_v exp(-λ (1 - c_v)) over the words of the request
-  that are no training label: the prior that some such word applies is shared among them, so a
-  request of two held-out labels moves them little and one of 20,000 open words moves them far.
+  `share` β adds β s log sum_v exp(-λ (1 - c_v)) over the request's words v that are no training
+  label (ranking.shared_prior): two held-out labels move a little, 20,000 open words far back.
 A training label's D is unchanged in every mode. All are fitted after training (`fit_open_words`);
 until then (while training) D is raw.
 
@@ -50,6 +49,7 @@ import torch
 from torch import nn
 
 from labelspace.choices import OPEN_WORDS
+from labelspace.model import ranking
 from labelspace.model.backbones import Backbone, create_backbone
 
 WORD_BLOCK = 2048  # words per block when no gradient is needed: its (B k, block) projection stays in cache
@@ -298,8 +298,6 @@ class LabelSpaceModel(nn.Module):
         if self.open_words == "absent":
             inside = W @ self.label_span
             return Vocabulary(raw, inside, add=self.absent_distance * (W - inside).pow(2).sum(dim=1), state=state)
-        from labelspace.model import ranking
-
         with torch.no_grad():
             unit = torch.nn.functional.normalize
             cosines = unit(W, dim=1) @ unit(self.training_words, dim=1).T  # (L, S)
@@ -347,19 +345,15 @@ class LabelSpaceModel(nn.Module):
             # label keeps its own D: its prepared vector is one of training_words.
             m, s = self.seen_scale[0], self.seen_scale[1]
             if words.cosines is not None:  # ConSE's score, from the image's D of the training labels
-                from labelspace.model.ranking import conse_distances
-
                 seen_D = label_distances(A, self.training_words)
-                standardized = conse_distances(seen_D, words.cosines, int(self.conse_top), s) - words.mu
+                standardized = ranking.conse_distances(seen_D, words.cosines, int(self.conse_top), s) - words.mu
             else:
                 standardized = D - words.mu
             standardized.mul_(s).div_(words.sigma).add_(m)
             if words.add is not None:
                 standardized.add_(words.add)  # the domain prior
             if float(self.open_share):
-                from labelspace.model.ranking import shared_prior
-
-                standardized.add_(shared_prior(words.add, words.seen, self.open_share, s))
+                standardized.add_(ranking.shared_prior(words.add, words.seen, self.open_share, s))
             if bool(words.seen.any()):
                 standardized = torch.where(words.seen, D, standardized)
             D = standardized
