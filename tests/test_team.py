@@ -191,10 +191,8 @@ def test_dvc_push_and_pull_from_a_second_clone(stack, s3, tmp_path):
 def test_status_env_and_a_second_up(stack, capsys):
     status = team.team_status(stack["folder"])
     assert all(s["running"] and s["healthy"] for s in status.values()), status
-    t0 = time.monotonic()
-    again = team.team_up(stack["folder"], out=QUIET)
+    again = team.team_up(stack["folder"], out=QUIET)  # a second up finds every service healthy: nothing restarts
     assert again["started"] == [] and again["pids"] == stack["pids"]
-    assert time.monotonic() - t0 < 10
     assert team_cli.main(["env", "--dir", stack["folder"]]) == 0
     printed = capsys.readouterr().out
     assert f"export MLFLOW_TRACKING_URI={stack['mlflow_uri']}" in printed
