@@ -38,9 +38,10 @@ lock:
 
 # Two pytest-xdist workers, one test file each at a time (a file's module fixtures stay in one worker):
 # on 2 cores the end-to-end tests overlap their waits on servers, ZenML and MLflow. TEST_WORKERS=0: one process.
+# Files go out longest first (tests/conftest.py orders them: team stack, then slow, then the rest).
 TEST_WORKERS ?= 2
 test: setup datasets
-	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m 'not slow'

@@ -27,6 +27,22 @@ if os.environ.get("PYTEST_XDIST_WORKER") and "ZENML_CONFIG_PATH" not in os.envir
     os.environ["ZENML_CONFIG_PATH"] = tempfile.mkdtemp(prefix=f"zenml-{os.environ['PYTEST_XDIST_WORKER']}-")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The longest files first: those that start the team stack (marked `team`), then those with slow
+    end-to-end tests, then the rest, each group in its usual order and each file's tests in theirs.
+    `make test` runs pytest-xdist with --dist loadfile --no-loadscope-reorder, which hands files out in
+    this order, so the quick files fill in at the end instead of one worker finishing a team file alone
+    (xdist's own order, most tests first, put the team files, with few long tests, last)."""
+    def group(item) -> int:
+        return 0 if item.get_closest_marker("team") else 1 if item.get_closest_marker("slow") else 2
+
+    files: dict[str, int] = {}
+    for item in items:  # a file goes with its earliest group: one slow test makes it a slow file
+        files[str(item.path)] = min(files.get(str(item.path), 2), group(item))
+    position = {path: i for i, path in enumerate(files)}
+    items.sort(key=lambda item: (files[str(item.path)], position[str(item.path)]))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
