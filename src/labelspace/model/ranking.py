@@ -18,7 +18,7 @@ its training labels' prepared vectors and the spread s of their distances.
   serve both (docs/ablation.md, round 3: low enough for held-out labels to take their share of a
   GZSL top 3, it floods the open vocabulary's top 5 with words near the tags).
 
-docs/ablation.md, round 3, measures both against CSLS and inverted softmax on validation.
+docs/ablation.md, round 3, measures them against CSLS and inverted softmax on validation.
 """
 
 from __future__ import annotations
