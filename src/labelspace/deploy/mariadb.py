@@ -62,15 +62,25 @@ def _run_as() -> list[str]:
     return [f"--user={os.environ.get('LABELSPACE_MARIADB_USER', 'mysql')}"] if os.geteuid() == 0 else []
 
 
+def _tmpdir(layout: Layout) -> list[str]:
+    """MariaDB's temporary folder, inside the stack's: the default (/tmp) is shared with every other
+    MariaDB on the host, and a starting server deletes the #sql temporary files it finds there, those
+    of another one's `mariadb-install-db` included (two stacks initialised at once: "Error on delete
+    of '/tmp/#sql-temptable-...'")."""
+    return [f"--tmpdir={mariadb_dir(layout) / 'tmp'}"]
+
+
 def _owner_setup(layout: Layout) -> None:
     folder = mariadb_dir(layout)
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tmp").mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
+    os.chmod(folder / "tmp", 0o700)
     if os.geteuid() != 0:
         return
     user = os.environ.get("LABELSPACE_MARIADB_USER", "mysql")
     try:
         shutil.chown(folder, user, user)
+        shutil.chown(folder / "tmp", user, user)
     except LookupError:
         raise TeamError(f"no user {user!r} to run MariaDB as (apt-get install mariadb-server creates it)") from None
     if subprocess.run(["runuser", "-u", user, "--", "test", "-w", str(folder)], capture_output=True).returncode:
@@ -89,7 +99,8 @@ def _initialize(layout: Layout, sec: dict[str, str]) -> None:
     new = mariadb_dir(layout) / "data.new"
     shutil.rmtree(new, ignore_errors=True)
     result = subprocess.run([_binary("mariadb-install-db"), "--no-defaults", f"--datadir={new}", *_run_as(),
-                             "--skip-test-db", "--auth-root-authentication-method=socket", *SERVER_OPTIONS],
+                             "--skip-test-db", "--auth-root-authentication-method=socket", *_tmpdir(layout),
+                             *SERVER_OPTIONS],
                             capture_output=True, text=True, cwd="/")
     if result.returncode != 0:
         raise TeamError(f"mariadb-install-db failed:\n{(result.stdout + result.stderr)[-3000:]}")
@@ -101,7 +112,7 @@ def _initialize(layout: Layout, sec: dict[str, str]) -> None:
         "",
     ])
     result = subprocess.run([_binary("mariadbd"), "--no-defaults", "--bootstrap", f"--datadir={new}", *_run_as(),
-                             *SERVER_OPTIONS], input=sql, capture_output=True, text=True, cwd="/")
+                             *_tmpdir(layout), *SERVER_OPTIONS], input=sql, capture_output=True, text=True, cwd="/")
     if result.returncode != 0:
         raise TeamError(f"creating the {DATABASE} database in MariaDB failed:\n{(result.stdout + result.stderr)[-3000:]}")
     os.replace(new, _data(layout))
@@ -137,7 +148,8 @@ def start_mariadb(layout: Layout, port: int, sec: dict[str, str]) -> dict[str, A
     folder = mariadb_dir(layout)
     marker = f"--datadir={_data(layout)}"
     argv = [_binary("mariadbd"), "--no-defaults", marker, *_run_as(), f"--port={port}", f"--bind-address={HOST}",
-            f"--socket={folder / 'mariadb.sock'}", f"--pid-file={folder / 'mariadb.pid'}", *SERVER_OPTIONS]
+            f"--socket={folder / 'mariadb.sock'}", f"--pid-file={folder / 'mariadb.pid'}", *_tmpdir(layout),
+            *SERVER_OPTIONS]
     proc = spawn(layout, "mariadb", argv, service_env())
     try:
         wait_healthy("mariadb", lambda: mariadb_healthy(port, sec) or _login_refused(port, sec),
