@@ -17,10 +17,15 @@ ORCHESTRATOR="${ORCHESTRATOR:-kubeflow}"  # or kubernetes
 STACK="${STACK:-labelspace-$ORCHESTRATOR}"
 
 # S3 credentials for the artifact store, kept in a ZenML secret (not in the stack's configuration).
-zenml secret create labelspace_s3 \
-  --aws_access_key_id="${AWS_ACCESS_KEY_ID:?}" --aws_secret_access_key="${AWS_SECRET_ACCESS_KEY:?}" \
-  2>/dev/null || zenml secret update labelspace_s3 \
-  --aws_access_key_id="$AWS_ACCESS_KEY_ID" --aws_secret_access_key="$AWS_SECRET_ACCESS_KEY"
+# They reach `zenml secret` in a file of mode 600 (--values=@FILE, written by the shell's own printf),
+# never on a command line, where every process on the machine could read them.
+: "${AWS_ACCESS_KEY_ID:?}" "${AWS_SECRET_ACCESS_KEY:?}"
+values=$(mktemp)   # mode 600
+trap 'rm -f "$values"' EXIT
+printf '{"aws_access_key_id": "%s", "aws_secret_access_key": "%s"}\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" \
+  > "$values"
+zenml secret create labelspace_s3 --values="@$values" 2>/dev/null \
+  || zenml secret update labelspace_s3 --values="@$values"
 
 if [ -n "$S3_ENDPOINT" ]; then
   zenml artifact-store register labelspace_s3_store --flavor=s3 --path="$ARTIFACT_BUCKET" \
