@@ -52,7 +52,7 @@ run: setup
 	$(BIN)/labelspace report
 
 lint: setup
-	$(BIN)/ruff check src steps pipelines tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
