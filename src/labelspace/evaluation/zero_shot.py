@@ -237,8 +237,9 @@ def generalized_zero_shot_metrics(scores: Any, targets: Any, labels: list[str], 
     """GZSL: every label (trained and held out) ranked together on every test image with a positive;
     top-k precision, recall and F1 counted on the held-out labels, their mAP over those images,
     `unseen_share` (the share of top-k slots the held-out labels take: 0 when the trained labels
-    crowd them out), each beside exact chance, and what the training labels keep: their O-F1 in the
-    joint top-k (`trained_O-F1`) beside their top-k ranked alone (`trained_alone_O-F1`) (`chance_restricted_topk`, `expected_average_precision`)."""
+    crowd them out), each beside exact chance (`chance_restricted_topk`, `expected_average_precision`),
+    and what the training labels keep: their O-F1 in the joint top-k (`trained_O-F1`) beside their
+    top-k ranked alone (`trained_alone_O-F1`)."""
     s, t = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(bool)
     if s.shape != t.shape or s.shape[1] != len(labels):
         raise ValueError(f"scores {s.shape} and targets {t.shape} must both be (N, {len(labels)})")
