@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from labelspace.app import TELEMETRY_OFF, params_hash
 from labelspace.config import load_params
 from labelspace.data.restore import DataUnavailable, relative_to_tree, restore_output
 from labelspace.lifecycle.audit import run_params, version_metrics
+from labelspace.lifecycle.champion import is_refusal
 from labelspace.lifecycle.lineage import PACKAGES_ARTIFACT, code_checkout, lock_hash
 from labelspace.lifecycle.registry import resolve_candidate, versions
 from labelspace.lifecycle.reproduction_verdict import Verdict, judge, lock_pins, package_differences
@@ -61,20 +63,23 @@ def _record_refusal(model_name: str, number: str, when: str) -> RecordRefused:
         "or as a login that may (docs/team-server.md, People and roles)")
 
 
+@contextmanager
+def _refused_as_record_refusal(model_name: str, number: str, when: str = ""):
+    """A 403 from the tracking server on a tag write becomes RecordRefused; any other error stays itself."""
+    try:
+        yield
+    except Exception as e:
+        if not is_refusal(e):
+            raise
+        raise _record_refusal(model_name, number, when) from None
+
+
 def check_may_record(client, model_name: str, number: str, tags: dict[str, str]) -> None:
     """RecordRefused unless this login may tag the version: one of its tags is set to the value it has
     (nothing changes; a store without logins always allows it)."""
-    from mlflow.exceptions import MlflowException
-
-    from labelspace.lifecycle.champion import is_refusal
-
     key = "code.git_commit"  # refusal() made sure it is there
-    try:
+    with _refused_as_record_refusal(model_name, number):
         client.set_model_version_tag(model_name, number, key, tags[key])
-    except MlflowException as e:
-        if is_refusal(e):
-            raise _record_refusal(model_name, number, "") from None
-        raise
 
 
 @dataclass
@@ -288,17 +293,9 @@ def reproduce(model_name: str, ref: str, *, project_root: Path, workdir: Path | 
                           reproduced_hash=again.get("model.content_hash", "unknown"), verdict=verdict, notes=notes)
     (workdir / "reproduction.json").write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
     if record:
-        from mlflow.exceptions import MlflowException
-
-        from labelspace.lifecycle.champion import is_refusal
-
-        try:
+        when = f" (it was {verdict.verdict}, the report is {workdir / 'reproduction.json'})"
+        with _refused_as_record_refusal(model_name, number, when):
             record_verdict(client, model_name, number, result)
-        except MlflowException as e:
-            if not is_refusal(e):
-                raise
-            raise _record_refusal(model_name, number, f" (it was {verdict.verdict}, the report is "
-                                                      f"{workdir / 'reproduction.json'})") from None
     return result
 
 
