@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from labelspace.data.splits import split_indices
 from labelspace.evaluation.evaluate import evaluate_models, write_report
@@ -76,6 +77,32 @@ def test_the_decision_is_calibrated_on_validation_and_travels_with_the_model(fit
         assert calibration["fitted_on"] == "validation" and calibration["slope"] > 0
         assert 0 < calibration["probability_threshold"] < 1
         assert ("distance_threshold" in calibration) == (head == "labelspace")
+
+
+def test_the_offset_for_held_out_labels_is_fitted_on_validation_and_saved_with_the_weights(fitted):
+    from labelspace.data.splits import target_matrix
+    from labelspace.evaluation.zero_shot import unseen_shift_for_cost
+    from labelspace.model.inference import extract_features, scores_from_features
+
+    fits, held, concepts, vectors, manifest, images, _, config = fitted
+    found, model = fits["labelspace"].open_words, config.model
+    assert not fits["bce"].open_words
+    shift = found["offset"] - model.open_words_offset
+    assert shift >= 0 and shift % 0.25 == 0
+    assert (shift > 0) == (found["val_cost_before"] > model.open_words_cost)
+    assert found["val_cost"] <= model.open_words_cost or shift == 8
+    # The saved weights measure what the fit measured: the same validation cost from a rebuilt network.
+    trained = fits["labelspace"].model
+    network = trained.build().eval()
+    val = split_indices(manifest, config.train.val_fraction, config.train.seed)["val"]
+    feats = extract_features(network, images, val, torch.device("cpu"), 64)
+    ranked = np.concatenate([trained.label_vectors, vectors[[concepts.index(c) for c in held.labels]]])
+    scores = scores_from_features(network, feats, ranked)
+    n = len(trained.labels)
+    again = unseen_shift_for_cost(scores[:, :n], scores[:, n:] / float(network.seen_scale[1]),
+                                  target_matrix(manifest.iloc[val], trained.labels), 1.0)
+    assert again["cost_before"] == pytest.approx(found["val_cost"], abs=1e-9)
+    assert again["share_before"] == pytest.approx(found["val_share"], abs=1e-9)
 
 
 def test_evaluate_models_writes_the_report_schema_and_its_plots(fitted, tmp_path):

@@ -161,3 +161,24 @@ def test_zero_shot_top_k_beyond_one_only_where_k_is_below_the_label_count():
                                                                / result["chance"][f"top{k}"]["O-F1"])
     assert zero_shot_metrics(scores, targets, list("abcdef")).keys() == {
         "labels", "n_images", "positives_per_label", "top1", "mAP", "chance", "ratio"}
+
+
+def test_the_unseen_shift_is_the_smallest_step_that_keeps_the_training_labels_within_the_cost():
+    from labelspace.evaluation.zero_shot import unseen_shift_for_cost
+
+    rng = np.random.default_rng(0)
+    seen_targets = np.argsort(rng.random((40, 5)), axis=1) < 3  # three true training labels of five per image
+    seen = 0.1 * rng.normal(size=(40, 5)) + 3 * seen_targets  # ranked alone, they are each image's top 3
+    unseen = rng.normal(size=(40, 2)) + 6  # two words never trained on, mostly ahead of every training label
+    alone = unseen_shift_for_cost(seen, unseen - 100, seen_targets, 0.0)
+    assert alone["shift"] == 0 and alone["cost"] == 0 and alone["share"] == 0
+    found = unseen_shift_for_cost(seen, unseen, seen_targets, 0.2, step=0.5, limit=20)
+    # They take 2 of the 3 slots: one true training label of three is left (O-F1 1/2 instead of 1).
+    assert found["cost_before"] == pytest.approx(0.5) and found["share_before"] == pytest.approx(2 / 3)
+    assert found["cost"] <= 0.2 < unseen_shift_for_cost(seen, unseen - found["shift"] + 0.5, seen_targets, 1)["cost"]
+    assert found["shift"] % 0.5 == 0 and 0 < found["share"] < found["share_before"]
+    assert unseen_shift_for_cost(seen, unseen, seen_targets, 1.0)["shift"] == 0  # a loose bound moves nothing
+    capped = unseen_shift_for_cost(seen, unseen, seen_targets, 0.0, step=0.5, limit=1)
+    assert capped["shift"] == 1 and capped["cost"] > 0  # the limit stops the search, and says what is left
+    with pytest.raises(ValueError, match=r"\(N, S\)"):
+        unseen_shift_for_cost(seen, unseen[:3], seen_targets, 0.01)

@@ -118,6 +118,7 @@ class ModelConfig:
     open_words_prior: float  # standardized: the domain prior λ (labelspace.model.ranking)
     open_words_conse: int  # standardized: ConSE's T nearest training labels rank every other word; 0: D does
     open_words_share: float  # standardized: the shared prior β (labelspace.model.ranking.shared_prior); 0: none
+    open_words_cost: float | None  # standardized, held-out labels: the most joint top-3 O-F1 they may cost on validation
 
     def check(self) -> dict[str, str]:
         problems = _at_least(self, 1, "k")
@@ -125,6 +126,8 @@ class ModelConfig:
             problems["open_words_prior"] = "0 (none) or more (in units of the training labels' spread of D)"
         if self.open_words_share < 0:
             problems["open_words_share"] = "0 (one offset whatever a request ranks) or more, e.g. 1"
+        if self.open_words_cost is not None and not 0 <= self.open_words_cost < 1:
+            problems["open_words_cost"] = "null (open_words_offset as given) or a share of O-F1 in [0, 1), e.g. 0.01"
         if self.open_words_conse < 0:
             problems["open_words_conse"] = "0 (D standardized) or a number of nearest training labels, e.g. 3"
         if self.frozen_stages < 0:

@@ -275,3 +275,36 @@ def generalized_zero_shot_metrics(scores: Any, targets: Any, labels: list[str], 
     result["chance"]["mAP"] = float(np.mean([expected_average_precision(n, int(r)) for r in positives[evaluated]]))
     result["ratio"]["mAP"] = result["mAP"] / result["chance"]["mAP"]
     return result
+
+
+def unseen_shift_for_cost(seen_scores: Any, unseen_scores: Any, seen_targets: Any, max_cost: float, *, k: int = 3,
+                          step: float = 0.25, limit: float = 8.0) -> dict[str, float]:
+    """How far back words never trained on must go so that they cost the training labels at most
+    `max_cost` of O-F1 in the joint top-k (GZSL's `trained_O-F1` against `trained_alone_O-F1`).
+
+    `seen_scores` (N, S) and `unseen_scores` (N, H) are one model's scores of N images (validation:
+    the held-out labels' annotations are not needed, only the training labels'), `step` and `limit`
+    in the units the unseen scores are lowered by. Returns the smallest shift in {0, step, 2 step, ...,
+    limit} that meets the bound (`limit` when none does), with the cost and the unseen words' share of
+    the top-k slots before and after it."""
+    seen, unseen = np.asarray(seen_scores, dtype=np.float64), np.asarray(unseen_scores, dtype=np.float64)
+    t = np.asarray(seen_targets).astype(bool)
+    if seen.shape != t.shape or unseen.shape[0] != seen.shape[0]:
+        raise ValueError(f"seen scores {seen.shape}, seen targets {t.shape} and unseen scores {unseen.shape} "
+                         "must be (N, S), (N, S) and (N, H)")
+    trained = np.arange(seen.shape[1])
+    targets = np.concatenate([t, np.zeros(unseen.shape, dtype=bool)], axis=1)
+
+    def measure(shift: float) -> tuple[float, float]:
+        scores = np.concatenate([seen, unseen - shift], axis=1)
+        mask = topk_mask(scores, k)
+        f1 = _trained_f1(scores, targets, mask, trained, k)
+        cost = f1["trained_alone_O-F1"] - f1["trained_O-F1"] if f1 else 0.0
+        return float(cost), float(mask[:, seen.shape[1]:].sum() / (len(scores) * min(k, scores.shape[1])))
+
+    cost_before, share_before = measure(0.0)
+    shift, (cost, share) = 0.0, (cost_before, share_before)
+    while cost > max_cost and shift < limit:
+        shift = min(shift + step, limit)
+        cost, share = measure(shift)
+    return {"shift": shift, "cost_before": cost_before, "share_before": share_before, "cost": cost, "share": share}

@@ -147,6 +147,15 @@ class TrainingLogger:
                             for k, v in calibration["validation"].items()})
 
 
+    def open_words(self, fitted: dict[str, float]) -> None:
+        """The offset κ words never trained on were fitted with (labelspace.training.fit._fit_open_words),
+        and what the held-out labels cost the training labels on validation before and after."""
+        import mlflow
+
+        if fitted:
+            mlflow.log_metrics({f"{self.head}/open_words_{k}": float(v) for k, v in fitted.items()})
+
+
 def log_training(head: str, sections: dict) -> TrainingLogger:
     """Log `sections` (config dataclasses by name) as `<head>.<section>.<key>` params."""
     import dataclasses

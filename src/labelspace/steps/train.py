@@ -27,8 +27,10 @@ def train(
                    dataset_version=prepared(prepared_data).version, held_out=held_out,
                    checkpoint_dir=train_config.checkpoint_dir, resume=resume, on_epoch=logger.on_epoch)
     logger.calibration(fit.model.calibration)
+    logger.open_words(fit.open_words)
     final = fit.model.history[-1] if fit.model.history else {}
     log_metadata(metadata={"head": head, "resumed_from_epoch": fit.resumed_from_epoch, "note": fit.note,
+                           **{f"open_words_{k}": v for k, v in fit.open_words.items()},
                            "n_train_images": fit.n_train_images, "n_val_images": fit.n_val_images,
                            "torch_threads": fit.threads, "train_processes": fit.processes,
                            **{f"seconds_{k}": v for k, v in fit.seconds.items()},

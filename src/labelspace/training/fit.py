@@ -24,6 +24,7 @@ from labelspace.config import LossConfig, ModelConfig, TrainConfig
 from labelspace.data.splits import split_indices, target_matrix
 from labelspace.evaluation.calibration import fit_calibration
 from labelspace.evaluation.metrics import mean_average_precision, topk_metrics
+from labelspace.evaluation.zero_shot import unseen_shift_for_cost
 from labelspace.model.bundle import TrainedModel
 from labelspace.model.inference import extract_features, scores_from_features
 from labelspace.model.spec import ModelSpec
@@ -110,6 +111,7 @@ class FitResult:
     threads: int = 0  # torch threads it trained at (CPU)
     seconds: dict[str, float] = field(default_factory=dict)  # train_model's phases, and calibration
     processes: int = 1  # data-parallel processes it trained on (train.devices x train.nodes)
+    open_words: dict[str, float] = field(default_factory=dict)  # the offset fitted on validation (_fit_open_words)
 
 
 class Validation:
@@ -185,47 +187,75 @@ def fit_head(
     except ValueError as e:  # e.g. no validation split: the model still ranks, without a threshold
         note = f"no thresholded decision: {e}"
         log.warning("%s: %s", head, note)
+    open_words: dict[str, float] = {}
     if getattr(result.model, "open_words", "raw") != "raw":
-        note = _fit_open_words(result.model, vectors, validate, final_scores, note, model_config.open_words_offset,
-                               model_config.open_words_prior, model_config.open_words_conse,
-                               model_config.open_words_share)
+        held = set(held_out)
+        held_vectors = np.asarray(label_vectors)[[i for i, label in enumerate(labels) if label in held]]
+        note, open_words = _fit_open_words(result.model, vectors, validate, final_scores, note, model_config,
+                                           held_vectors)
     seconds = {**result.seconds, "calibration": time.perf_counter() - start}
     trained = TrainedModel(spec=spec, labels=train_labels, label_vectors=vectors,
                            state_dict=result.model.state_dict(), history=result.history,
                            calibration=calibration, provenance=training_provenance(result, train_config.seed))
     return FitResult(model=trained, resumed_from_epoch=result.resumed_from_epoch,
                      n_train_images=len(splits["train"]), n_val_images=len(splits["val"]), note=note,
-                     threads=result.threads, seconds=seconds, processes=result.processes)
+                     threads=result.threads, seconds=seconds, processes=result.processes, open_words=open_words)
 
 
 REFERENCE_IMAGES = 256  # validation images whose A a "standardized" model carries
 
 
 def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scores: np.ndarray | None,
-                    note: str, offset: float = 0.0, prior: float = 0.0, conse: int = 0, share: float = 0.0) -> str:
+                    note: str, config: ModelConfig, held_vectors: np.ndarray) -> tuple[str, dict[str, float]]:
     """Fit model.open_words on validation (labelspace.model.networks): "absent" takes δ, the median D
     of the absent training labels; "standardized" carries the head's A on the first REFERENCE_IMAGES
-    validation images, `offset`, `prior`, `conse` and `share` (model.open_words_*). Without a validation split D stays raw
-    for every word, and the note says so."""
+    validation images and config.open_words_* (offset κ, prior λ, ConSE's T, share β). Then, with
+    held-out labels (`held_vectors`, (H, d)) and config.open_words_cost set, κ goes up from the configured
+    value until the held-out words cost the training labels at most that much O-F1 in the validation
+    images' joint top 3 (`unseen_shift_for_cost`; only the training labels' annotations are read).
+    Without a validation split D stays raw for every word, and the note says so. Returns the note and
+    what was fitted ({} for "absent")."""
     targets = validate.val_targets
     if len(targets) == 0 or (model.open_words == "absent" and targets.all()):
         log.warning("labelspace: no validation split: words that are no training label are measured raw")
-        return (note + "; " if note else "") + f"open_words {model.open_words} not fitted: no validation split"
+        return (note + "; " if note else "") + f"open_words {model.open_words} not fitted: no validation split", {}
     if model.open_words == "absent":
         scores = final_scores if final_scores is not None else validate.scores(model)
         model.fit_open_words(torch.as_tensor(vectors), absent_distance=float(np.median(-scores[~targets.astype(bool)])))
-        return note
+        return note, {}
     device = next(model.parameters()).device
+    calibrate = config.open_words_cost is not None and len(held_vectors) > 0
     if final_scores is not None and validate.features is not None:  # the last epoch's pass: the final weights
-        feats = validate.features[:REFERENCE_IMAGES]
+        feats = validate.features
     else:
-        feats = extract_features(model, validate.images, validate.val_idx[:REFERENCE_IMAGES], device,
-                                 validate.batch_size, desc="reference features")
+        n = len(validate.val_idx) if calibrate else REFERENCE_IMAGES
+        feats = extract_features(model, validate.images, validate.val_idx[:n], device, validate.batch_size,
+                                 desc="validation features")
     model.eval()
-    with torch.no_grad():
-        model.fit_open_words(torch.as_tensor(vectors), reference_outputs=model.from_features(feats.to(device)).float(),
-                             offset=offset, prior=prior, conse=conse, share=share)
-    return note
+
+    def fit(offset: float) -> None:
+        with torch.no_grad():
+            reference = model.from_features(feats[:REFERENCE_IMAGES].to(device)).float()
+            model.fit_open_words(torch.as_tensor(vectors), reference_outputs=reference, offset=offset,
+                                 prior=config.open_words_prior, conse=config.open_words_conse,
+                                 share=config.open_words_share)
+
+    fit(config.open_words_offset)
+    fitted = {"offset": float(config.open_words_offset)}
+    if calibrate:
+        scores = scores_from_features(model, feats, np.concatenate([vectors, held_vectors]), device)
+        # Raising κ by Δ moves every such word's D back by Δ s and changes nothing else (networks).
+        found = unseen_shift_for_cost(scores[:, :len(vectors)], scores[:, len(vectors):] / float(model.seen_scale[1]),
+                                      targets, config.open_words_cost)
+        if found["shift"]:
+            fit(config.open_words_offset + found["shift"])
+            log.info("labelspace: open_words_offset %.2f -> %.2f: the %d held-out labels cost the training labels "
+                     "%.1f points of validation top-3 O-F1 (at most %.1f)", config.open_words_offset,
+                     config.open_words_offset + found["shift"], len(held_vectors), 100 * found["cost_before"],
+                     100 * config.open_words_cost)
+        fitted = {"offset": float(config.open_words_offset + found["shift"]),
+                  **{f"val_{k}": v for k, v in found.items() if k != "shift"}}
+    return note, fitted
 
 
 def training_provenance(result, seed: int) -> dict:
