@@ -227,9 +227,8 @@ def test_the_lock_excludes_and_forgets_dead_and_silent_holders(registry):
                            "RegistryLock('labelspace', 'retrain').acquire()\nos._exit(9)"],
                           env=registry.env, cwd=registry.tmp, capture_output=True, text=True, timeout=120)
     assert dead.returncode == 9 and len(holders(MODEL, "retrain")) == 1
-    started = time.monotonic()
-    with RegistryLock(MODEL, "retrain", wait_s=0):
-        assert time.monotonic() - started < 5
+    with RegistryLock(MODEL, "retrain", wait_s=0):  # wait_s 0: taken at once, or LockBusy
+        assert [t.pid for t in holders(MODEL, "retrain")] == [os.getpid()]
     # A holder on another machine that stopped renewing: freed once its lease (here 2 s) has run out.
     registry.client.create_model_version("labelspace--retrain-lock", "labelspace-lock:ticket", tags={
         "lock.host": "elsewhere/0000", "lock.pid": "1", "lock.owner": "ci@elsewhere", "lock.lease_s": "2"})
@@ -237,7 +236,7 @@ def test_the_lock_excludes_and_forgets_dead_and_silent_holders(registry):
         RegistryLock(MODEL, "retrain", wait_s=0).acquire()
     started = time.monotonic()
     with RegistryLock(MODEL, "retrain", wait_s=30):
-        assert 1 < time.monotonic() - started < 20
+        assert time.monotonic() - started > 1  # it waited for the lease to run out (load only lengthens it)
     assert holders(MODEL, "retrain") == []
 
 

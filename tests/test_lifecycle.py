@@ -86,9 +86,7 @@ def zenml_stages(env, cwd, *versions) -> list[str]:
 @pytest.fixture(scope="module")
 def first(project):
     root, env, _ = project
-    started = time.monotonic()
     result = labelspace(env, "retrain", cwd=root)
-    result.seconds = time.monotonic() - started
     assert result.returncode == 0, result.output[-5000:]
     return result
 
@@ -121,12 +119,10 @@ def test_first_retrain_trains_and_the_gate_promotes_by_the_minimums(project, fir
 
 def test_a_retrain_with_nothing_changed_trains_nothing(project, first):
     root, env, _ = project
-    started = time.monotonic()
     result = labelspace(env, "retrain", cwd=root)
     assert result.returncode == 0, result.output[-3000:]
     assert "nothing changed since version 1 (gate: promoted): not training" in result.stdout
     assert "labelspace epoch" not in result.output
-    assert time.monotonic() - started < first.seconds / 2
     assert len(registry(root).search_model_versions("name = 'labelspace'")) == 1
 
 
@@ -191,12 +187,12 @@ def test_overlapping_retrains_exclude_each_other_and_a_killed_one_blocks_nothing
         os.killpg(busy.pid, signal.SIGKILL)  # a retrain killed mid-way: its ticket stays behind
         busy.wait()
     assert _lock_holder_pid(root) == busy.pid
-    started = time.monotonic()
     third = labelspace(env, "retrain", cwd=root, params=worse[0])
     assert third.returncode == 0, third.output[-3000:]
+    # A dead PID on this machine frees the lock at once: no "waiting for" the lease to run out.
     assert "removing the stale ticket" in third.stderr and "is gone" in third.stderr
+    assert "waiting for" not in third.stderr
     assert "nothing changed since version 2 (gate: rejected)" in third.stdout
-    assert time.monotonic() - started < 60  # a dead PID on this machine: no waiting for the lease
 
 
 @pytest.fixture
