@@ -244,9 +244,11 @@ def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scor
     fitted = {"offset": float(config.open_words_offset)}
     if calibrate:
         scores = scores_from_features(model, feats, np.concatenate([vectors, held_vectors]), device)
-        # Raising κ by Δ moves every such word's D back by Δ s and changes nothing else (networks).
-        found = unseen_shift_for_cost(scores[:, :len(vectors)], scores[:, len(vectors):] / float(model.seen_scale[1]),
-                                      targets, config.open_words_cost)
+        # Raising κ by Δ moves every such word's D back by Δ s (times the learned scale, if any) and
+        # changes nothing else (networks): the search shifts these scores instead of fitting again.
+        unit = float(model.seen_scale[1]) * (float(model.log_scale.exp()) if model.learn_scale else 1.0)
+        found = unseen_shift_for_cost(scores[:, :len(vectors)], scores[:, len(vectors):] / unit, targets,
+                                      config.open_words_cost)
         if found["shift"]:
             fit(config.open_words_offset + found["shift"])
             log.info("labelspace: open_words_offset %.2f -> %.2f: the %d held-out labels cost the training labels "
