@@ -1,23 +1,42 @@
 #!/usr/bin/env bash
 # Fetches the packages the real-tag datasets are built from (docs/datasets.md) into data/packages/;
-# a no-op when they are there. Run by `make datasets` (and so by `make test`), never at run time.
-# OpenMoji comes from the npm registry with npm, pinned by version and checked by SHA-256.
+# a no-op for each one already there. Run by `make datasets` (and so by `make test`), never at run time.
+# Both come from the npm registry with npm, pinned by version and checked by SHA-256:
+# OpenMoji (emoji drawings and their CLDR and OpenMoji keywords) and Tabler icons (outline icons and their tags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OPENMOJI_VERSION=17.0.0
 OPENMOJI_SHA256=55ee7d13485dec86e9f38c1f3a645a13382d33ff97c0cd845ee824b0aef45e68
-dest="data/packages/openmoji-$OPENMOJI_VERSION"
-[ -f "$dest/data/openmoji.json" ] && [ -d "$dest/color/svg" ] && exit 0
-if ! command -v npm >/dev/null; then
-  echo "fetching OpenMoji needs npm: apt-get install npm (or make system-packages)" >&2
-  exit 1
-fi
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-echo "fetching openmoji@$OPENMOJI_VERSION (npm) into $dest"
-(cd "$tmp" && npm pack --silent "openmoji@$OPENMOJI_VERSION" >/dev/null)
-echo "$OPENMOJI_SHA256  $tmp/openmoji-$OPENMOJI_VERSION.tgz" | sha256sum --check --quiet
-mkdir -p "$tmp/unpacked" "$(dirname "$dest")"
-tar -xzf "$tmp/openmoji-$OPENMOJI_VERSION.tgz" -C "$tmp/unpacked"
-rm -rf "$dest"
-mv "$tmp/unpacked/package" "$dest"
+TABLER_VERSION=3.54.0
+TABLER_SHA256=045a7ba97bc8950579b341075d3eee5e73e708e0c81b28cac2bd5eb3aa840e67
+
+tmp=""
+trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT
+
+# fetch NPM_SPEC TARBALL_NAME SHA256 DEST MARKER...: npm pack the spec, check the tarball, unpack its
+# package/ folder into DEST; skipped when every MARKER (a path under DEST) is there.
+fetch() {
+  local spec=$1 tarball=$2 sha256=$3 dest=$4 marker missing=0
+  shift 4
+  for marker in "$@"; do [ -e "$dest/$marker" ] || missing=1; done
+  [ "$missing" = 0 ] && return 0
+  if ! command -v npm >/dev/null; then
+    echo "fetching $spec needs npm: apt-get install npm (or make system-packages)" >&2
+    exit 1
+  fi
+  tmp="$(mktemp -d)"
+  echo "fetching $spec (npm) into $dest"
+  (cd "$tmp" && npm pack --silent "$spec" >/dev/null)
+  echo "$sha256  $tmp/$tarball" | sha256sum --check --quiet
+  mkdir -p "$tmp/unpacked" "$(dirname "$dest")"
+  tar -xzf "$tmp/$tarball" -C "$tmp/unpacked"
+  rm -rf "$dest"
+  mv "$tmp/unpacked/package" "$dest"
+  rm -rf "$tmp"
+  tmp=""
+}
+
+fetch "openmoji@$OPENMOJI_VERSION" "openmoji-$OPENMOJI_VERSION.tgz" "$OPENMOJI_SHA256" \
+  "data/packages/openmoji-$OPENMOJI_VERSION" data/openmoji.json color/svg
+fetch "@tabler/icons@$TABLER_VERSION" "tabler-icons-$TABLER_VERSION.tgz" "$TABLER_SHA256" \
+  "data/packages/tabler-icons-$TABLER_VERSION" icons.json icons/outline

@@ -1,5 +1,5 @@
-"""The real-tag dataset builder (labelspace.data.realtags): a tiny package in OpenMoji's format, and
-(slow) the installed openmoji package itself."""
+"""The real-tag dataset builder (labelspace.data.realtags): tiny packages in OpenMoji's and Tabler's
+formats, and (slow) the installed openmoji and @tabler/icons packages themselves."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from labelspace.data.realtags import (
     choose_concepts,
     label_statistics,
     read_openmoji,
+    read_tabler,
     vector_lookup,
 )
 from labelspace.data.word_vectors import save_word_vectors
@@ -60,6 +61,38 @@ def vectors(tmp_path):
     path = tmp_path / "vectors.bin"
     save_word_vectors(WORDS, np.random.default_rng(0).normal(size=(len(WORDS), 8)).astype(np.float32), path)
     return path
+
+
+# (name, category, tags, styles): an -off variant of `lock`, `hand-off` (no base: an icon of its own),
+# a number among the tags, an icon drawn only filled (never read).
+ICONS = [
+    ("lock", "System", ["security", "password", "secure"], ["outline", "filled"]),
+    ("lock-off", "System", ["security", "password", "disabled", "off"], ["outline"]),
+    ("key", "System", ["password", "security", "door"], ["outline"]),
+    ("hand-off", "Gestures", ["hand", "stop", "reject"], ["outline"]),
+    ("cat", "Animals", ["pet", "animal", 7], ["outline"]),
+    ("dog", "Animals", ["pet", "animal", "puppy"], ["outline"]),
+    ("circle", "Shapes", ["round", "geometry"], ["outline"]),
+    ("blob", "Shapes", ["organic shape"], ["filled"]),
+]
+TABLER_WORDS = ["security", "password", "system", "animals", "pet", "animal", "hand", "shapes", "round"]
+
+
+@pytest.fixture
+def tabler_package(tmp_path):
+    root = tmp_path / "tabler"
+    entries = {}
+    for name, category, tags, styles in ICONS:
+        entries[name] = {"name": name, "category": category, "tags": tags,
+                         "styles": {style: {"version": "1.0", "unicode": "ea01"} for style in styles}}
+        for style in styles:  # a stroke drawing as Tabler writes them (stroke 6, not 2: a pixel fully black at 16 px)
+            (root / "icons" / style).mkdir(parents=True, exist_ok=True)
+            (root / "icons" / style / f"{name}.svg").write_text(
+                '<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24" viewBox="0 0 24 24" fill="none" '
+                'stroke="currentColor" stroke-width="6"><path stroke="none" d="M0 0h24v24H0z" fill="none"/>'
+                '<path d="M12 3v18"/></svg>', encoding="utf-8")
+    (root / "icons.json").write_text(json.dumps(entries), encoding="utf-8")
+    return root
 
 
 def _build(package, vectors, out, **kwargs):
@@ -127,6 +160,56 @@ def test_skin_tone_variants_carry_the_base_tags_and_share_its_split(package, vec
 def test_a_missing_package_names_the_install_command(tmp_path, vectors):
     with pytest.raises(FileNotFoundError, match="make datasets"):
         _build(tmp_path / "nothing", vectors, tmp_path / "ds")
+    with pytest.raises(FileNotFoundError, match="make datasets"):
+        _build(tmp_path / "nothing", vectors, tmp_path / "ds", source="tabler")
+
+
+def test_tabler_icons_are_outline_drawings_tagged_with_their_tags_and_category(tabler_package):
+    images = {im.key: im for im in read_tabler(tabler_package)}
+    assert sorted(images) == ["cat", "circle", "dog", "hand-off", "key", "lock"]  # no -off variant, no filled-only
+    assert images["cat"].tags == ("7", "animal", "animals", "pet") and images["cat"].folder == "animals"
+    assert images["hand-off"].base == "hand-off" and images["lock"].svg.parent.name == "outline"
+    variants = {im.key: im for im in read_tabler(tabler_package, off_variants=True)}
+    assert variants["lock-off"].base == "lock" and "disabled" in variants["lock-off"].tags
+
+
+def test_tabler_build_draws_the_stroke_icons_black_on_white(tabler_package, tmp_path):
+    vectors = tmp_path / "tabler-vectors.bin"
+    save_word_vectors(TABLER_WORDS, np.random.default_rng(0).normal(size=(len(TABLER_WORDS), 8)).astype(np.float32),
+                      vectors)
+    report = _build(tabler_package, vectors, tmp_path / "ds", source="tabler", n_concepts=4)
+    manifest, ingest_report = read_nuswide_layout(tmp_path / "ds")
+    # password, security: 2 (lock, key); animal, pet: 2; then animals, system, ... 2 each: alphabetical
+    assert report["concepts"] == ingest_report["concepts"] == ["animal", "animals", "password", "pet"]
+    labels = {row.image_id.split("_", 1)[1]: row.labels for row in manifest.itertuples()}
+    assert labels["cat"] == ["animal", "animals", "pet"] and labels["circle"] == [] and len(labels) == 6
+    cat = manifest[manifest["image_id"].str.endswith("_cat")].iloc[0]
+    assert cat["path"].startswith("Flickr/animals/")
+    pixels = np.asarray(Image.open(tmp_path / "ds" / cat["path"]))
+    assert pixels.shape == (16, 16, 3) and tuple(pixels[8, 8]) == (0, 0, 0)  # currentColor: a black stroke
+    assert tuple(pixels[8, 2]) == (255, 255, 255)  # on white
+    for seed in range(6):  # an -off variant sits in its base icon's split
+        _build(tabler_package, vectors, tmp_path / "ds", source="tabler", n_concepts=4, variants=True, seed=seed)
+        manifest, _ = read_nuswide_layout(tmp_path / "ds")
+        splits = manifest[manifest["image_id"].str.contains(r"_lock(?:-off)?$")]["split"]
+        assert len(splits) == 2 and splits.nunique() == 1
+
+
+def test_max_images_keeps_a_seeded_draw_of_base_images_with_their_variants(tabler_package, tmp_path):
+    vectors = tmp_path / "tabler-vectors.bin"
+    save_word_vectors(TABLER_WORDS, np.ones((len(TABLER_WORDS), 8), np.float32), vectors)
+    kept = set()
+    for seed in range(8):
+        report = _build(tabler_package, vectors, tmp_path / "ds", source="tabler", n_concepts=1, variants=True,
+                        max_images=3, seed=seed)
+        manifest, _ = read_nuswide_layout(tmp_path / "ds")
+        names = {image_id.split("_", 1)[1] for image_id in manifest["image_id"]}
+        assert len(names - {"lock-off"}) == 3 and ("lock" in names) == ("lock-off" in names)
+        assert report["images_available"] == 7 and report["statistics"]["images"] == len(names)
+        kept.add(frozenset(names))
+    assert len(kept) > 1  # the draw follows the seed
+    with pytest.raises(ValueError, match="max_images"):
+        _build(tabler_package, vectors, tmp_path / "ds", source="tabler", max_images=0)
 
 
 def test_cli_build_tags_writes_the_dataset_and_its_report(package, vectors, tmp_path, capsys):
@@ -149,6 +232,10 @@ def test_the_datasets_params_files_are_valid_configs():
     assert zsl.resolve(zsl.ingest.dataset) == REPO / "datasets" / "nuswide" and zsl.ingest.labels == "nuswide-zsl"
     assert zsl.resolve(zsl.vectors.path) == config.resolve(config.vectors.path)
     assert zsl.resolve(zsl.ingest.cache_dir) == REPO / "data" / "cache" and zsl.evaluate.zero_shot_labels == "auto"
+    tabler = load_config(REPO / "datasets" / "tabler" / "params.yaml")
+    assert tabler.resolve(tabler.ingest.dataset) == REPO / "datasets" / "tabler" / "data"
+    assert tabler.resolve(tabler.vectors.path) == config.resolve(config.vectors.path)
+    assert tabler.register.model_name == "labelspace-tabler"
 
 
 @pytest.mark.slow
@@ -165,4 +252,22 @@ def test_openmoji_from_the_installed_package(tmp_path, small_vectors):
     assert ingest_report["no_labels"] > 0 and 0.05 < stats["unlabelled_share"] < 0.6
     assert stats["most_frequent_images"] >= 5 * stats["median_concept_images"]  # a long tail
     assert stats["per_split"]["test"] > 300
+    assert report["concept_rule"]["skipped"]["no_vector"]["distinct_tags"] > 0  # counted, and reported
+
+
+@pytest.mark.slow
+def test_tabler_from_the_installed_package(tmp_path, small_vectors):
+    """The real dataset, as the DVC stage builds it: 60 noisy concepts, more than one label per image."""
+    package = REPO / PACKAGE_DIRS["tabler"]
+    report = build_tag_dataset(tmp_path / "tabler", source="tabler", package=package,
+                               has_vector=vector_lookup(small_vectors), n_concepts=60, max_images=3000)
+    manifest, ingest_report = read_nuswide_layout(tmp_path / "tabler")
+    stats = label_statistics(manifest, ingest_report["concepts"])
+    print(json.dumps({k: v for k, v in stats.items() if k != "images_per_concept"}))
+    assert stats == report["statistics"] and report["missing_artwork"] == []
+    assert ingest_report["ok"] == ingest_report["listed"] == len(manifest) == 3000
+    assert report["images_available"] > 4500  # the outline icons without their -off variants
+    assert len(ingest_report["concepts"]) >= 40 and len(report["concepts"]) == 60
+    assert stats["labels_per_image"] > 1 and 0.05 < stats["unlabelled_share"] < 0.5
+    assert stats["per_split"]["test"] == 600
     assert report["concept_rule"]["skipped"]["no_vector"]["distinct_tags"] > 0  # counted, and reported

@@ -1,5 +1,5 @@
 """`labelspace build-tags`: build a real-tag dataset in the NUS-WIDE layout from an installed package
-(labelspace.data.realtags; the DVC stage in datasets/openmoji/dvc.yaml)."""
+(labelspace.data.realtags; the DVC stages in datasets/openmoji/dvc.yaml and datasets/tabler/dvc.yaml)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=64, help="pixels per side of the rendered PNGs")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of the (base) images in the test split")
-    p.add_argument("--skin-tones", action="store_true", help="add the skin-tone variants (the base emoji's tags)")
+    p.add_argument("--variants", "--skin-tones", dest="variants", action="store_true",
+                   help="add the variants: OpenMoji's skin tones (the base emoji's tags), Tabler's -off icons")
+    p.add_argument("--max-images", type=int, help="keep a seeded draw of this many base images (default: all)")
     p.add_argument("--report", help="the build's JSON report (default: <out>.report.json beside the folder)")
     p.add_argument("--workers", type=int, help="rendering threads (default: up to 4)")
 
@@ -41,7 +43,8 @@ def run_cli(args: argparse.Namespace) -> int:
     out = Path(args.out)
     report = build_tag_dataset(out, source=args.source, package=package, has_vector=vector_lookup(vectors),
                                n_concepts=args.n_concepts, image_size=args.image_size, seed=args.seed,
-                               test_fraction=args.test_fraction, skin_tones=args.skin_tones, workers=args.workers)
+                               test_fraction=args.test_fraction, variants=args.variants,
+                               max_images=args.max_images, workers=args.workers)
     report["vectors"] = os.fspath(vectors)
     report_path = Path(args.report) if args.report else out.with_name(out.name + ".report.json")
     report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -1,18 +1,24 @@
 """A real-tag dataset in the NUS-WIDE layout, built offline from an installed package (docs/datasets.md).
 
-Source `openmoji`: the npm package `openmoji` (pinned by scripts/fetch_datasets.sh), whose
-`data/openmoji.json` gives every emoji the keywords people wrote for it (`tags`: Unicode CLDR's
+Two sources, npm packages pinned by scripts/fetch_datasets.sh. `openmoji`: the package `openmoji`,
+whose `data/openmoji.json` gives every emoji the keywords people wrote for it (`tags`: Unicode CLDR's
 English keywords; `openmoji_tags`: the OpenMoji contributors' own) and whose `color/svg/` holds the
-artwork. Each emoji is one image, rendered to a `image_size` px PNG on white (labelspace.data.svg).
+artwork. `tabler`: the package `@tabler/icons`, whose `icons.json` gives every icon the search tags
+its contributors wrote and one of about 40 categories (taken as one more tag, lower-cased), and whose
+`icons/outline/` holds the stroke drawings (`stroke="currentColor"`, which librsvg draws black). Each
+emoji or icon is one image, rendered to a `image_size` px PNG on white (labelspace.data.svg).
 
 The labels are tags, chosen by one rule from their frequency: the `n_concepts` tags carried by the
 most images (ties alphabetical) that are one lower-case word of at least 3 letters (a-z), not a stop
 word, with a vector in the word-vector file the pipeline reads. So they are noisy (written by
 people, for search, not for vision) and long-tailed; every tag the rule skips is counted by reason
 (multi-word, not a word, stop word, no vector), and an image whose tags hit no concept is kept with
-no label. Skin-tone variants (the same drawing with another skin colour, the base emoji's tags) are
-left out unless `skin_tones`; the seeded train/test split is drawn per base emoji, so a variant never
-sits in the other split from its base. Same package, vectors and parameters give the same bytes.
+no label. Variants are left out unless `variants`: OpenMoji's skin-tone variants (the same drawing
+with another skin colour, the base emoji's tags) and Tabler's `-off` icons (the base icon struck
+through, its tags plus `off`, `disabled` ...); Tabler's filled icons, which redraw outline ones, are
+never read. The seeded train/test split is drawn per base image, so a variant never sits in the other
+split from its base. `max_images` keeps a seeded draw of that many base images (with their variants)
+before the concepts are chosen. Same package, vectors and parameters give the same bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ import numpy as np
 import pandas as pd
 
 OPENMOJI_VERSION = "17.0.0"
-PACKAGE_DIRS = {"openmoji": Path("data") / "packages" / f"openmoji-{OPENMOJI_VERSION}"}  # under the project root
+TABLER_VERSION = "3.54.0"
+PACKAGE_DIRS = {"openmoji": Path("data") / "packages" / f"openmoji-{OPENMOJI_VERSION}",  # under the project root
+                "tabler": Path("data") / "packages" / f"tabler-icons-{TABLER_VERSION}"}
 FETCH_COMMAND = "make datasets (or bash scripts/fetch_datasets.sh)"
 WORD = re.compile(r"[a-z]{3,}")
 # Function words that are tags in CLDR ("not", "off", "the" ...): words, but no picture of anything.
@@ -43,8 +51,8 @@ was what when who why with you your yes
 
 @dataclass(frozen=True)
 class TaggedImage:
-    key: str          # unique in the source (OpenMoji: the hexcode)
-    folder: str       # the Flickr/<folder> it is written to (OpenMoji: its group)
+    key: str          # unique in the source (OpenMoji: the hexcode; Tabler: the icon's name)
+    folder: str       # the Flickr/<folder> it is written to (OpenMoji: its group; Tabler: its category)
     tags: tuple[str, ...]  # normalised, unique, sorted
     svg: Path
     base: str         # key of the image it is a variant of (itself when none): the unit of the split
@@ -78,7 +86,41 @@ def read_openmoji(package: str | os.PathLike, skin_tones: bool = False) -> list[
     return images
 
 
-SOURCES: dict[str, Callable[..., list[TaggedImage]]] = {"openmoji": read_openmoji}
+def read_tabler(package: str | os.PathLike, off_variants: bool = False) -> list[TaggedImage]:
+    """Every outline icon of the installed @tabler/icons package, by name (`-off` variants only when asked).
+
+    An icon's labels are its `tags` (numbers among them read as text) and its category, lower-cased:
+    many tags are the icon's own words, and without the category a third of the icons would hit no
+    concept (docs/datasets.md). An icon `X-off` is a variant of `X`
+    when `X` is an icon too (`hand-off` alone is no variant); filled icons are never read."""
+    package = Path(package)
+    meta = package / "icons.json"
+    if not meta.is_file():
+        raise FileNotFoundError(
+            f"Tabler icons package not found at {package} (no icons.json): install it with {FETCH_COMMAND}, "
+            "or pass --package DIR naming an unpacked @tabler/icons npm package")
+    entries = json.loads(meta.read_text(encoding="utf-8"))
+    images = []
+    for name in sorted(entries):
+        e = entries[name]
+        if "outline" not in (e.get("styles") or {"outline": {}}):
+            continue
+        base = name[: -len("-off")] if name.endswith("-off") and name[: -len("-off")] in entries else name
+        if base != name and not off_variants:
+            continue
+        category = str(e.get("category") or "").strip()
+        folder = re.sub(r"[^a-z0-9]+", "-", category.lower()).strip("-") or "other"
+        tags = _split_tags(*(str(t).replace(",", " ") for t in e.get("tags") or []), category)
+        images.append(TaggedImage(key=name, folder=folder, tags=tags,
+                                  svg=package / "icons" / "outline" / f"{name}.svg", base=base))
+    return images
+
+
+# source -> reader(package, variants): the images of an unpacked package, its variants only when asked.
+SOURCES: dict[str, Callable[[str | os.PathLike, bool], list[TaggedImage]]] = {
+    "openmoji": lambda package, variants: read_openmoji(package, skin_tones=variants),
+    "tabler": lambda package, variants: read_tabler(package, off_variants=variants),
+}
 
 
 def skip_reason(tag: str) -> str | None:
@@ -211,22 +253,41 @@ def vector_lookup(vectors: str | os.PathLike) -> Callable[[str], bool]:
     return lambda word: resolve_label(kv, word)[0] is not None
 
 
+def sample_bases(images: list[TaggedImage], max_images: int | None, seed: int) -> list[TaggedImage]:
+    """The images of a seeded draw of `max_images` bases (all when None or at least as many), in list order."""
+    bases = sorted({im.base for im in images})
+    if max_images is None or max_images >= len(bases):
+        return images
+    order = np.random.default_rng([seed, 1]).permutation(len(bases))  # not the split's draw
+    kept = {bases[i] for i in order[:max_images]}
+    return [im for im in images if im.base in kept]
+
+
 def build_tag_dataset(out: str | os.PathLike, *, source: str = "openmoji", package: str | os.PathLike,
                       has_vector: Callable[[str], bool], n_concepts: int = 80, image_size: int = 64, seed: int = 0,
-                      test_fraction: float = 0.2, skin_tones: bool = False, workers: int | None = None) -> dict:
-    """Write the dataset under `out` (replacing an earlier build); returns its report (rule, counts, statistics)."""
+                      test_fraction: float = 0.2, variants: bool = False, skin_tones: bool | None = None,
+                      max_images: int | None = None, workers: int | None = None) -> dict:
+    """Write the dataset under `out` (replacing an earlier build); returns its report (rule, counts, statistics).
+
+    `skin_tones` is the older name of `variants` (OpenMoji's skin-tone variants)."""
+    if skin_tones is not None:
+        variants = skin_tones
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}: one of {', '.join(SOURCES)}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if n_concepts < 1 or image_size < 8:
         raise ValueError("n_concepts must be at least 1 and image_size at least 8 px")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be at least 1 (or None: every image), got {max_images}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "ConceptsList").is_dir():
         raise ValueError(f"{out} exists and is not a NUS-WIDE-layout dataset: choose another --out or empty it")
-    images = SOURCES[source](package, skin_tones=skin_tones)
+    images = SOURCES[source](package, variants)
     missing = [im for im in images if not im.svg.is_file()]
     images = [im for im in images if im.svg.is_file()]
+    available = len(images)
+    images = sample_bases(images, max_images, seed)
     counts = Counter(tag for im in images for tag in im.tags)
     concepts, rule = choose_concepts(counts, has_vector, n_concepts)
     test = split_keys([im.base for im in images], seed, test_fraction)
@@ -244,6 +305,7 @@ def build_tag_dataset(out: str | os.PathLike, *, source: str = "openmoji", packa
     manifest = pd.DataFrame({"split": [s for s, _, _ in rows],
                              "labels": [[c for c in concepts if c in im.tags] for _, _, im in rows]})
     return {"source": source, "package": str(package), "n_concepts": n_concepts, "image_size": image_size,
-            "seed": seed, "test_fraction": test_fraction, "skin_tones": skin_tones, "concepts": concepts,
+            "seed": seed, "test_fraction": test_fraction, "variants": variants, "max_images": max_images,
+            "images_available": available, "concepts": concepts,
             "images_without_tags": sum(not im.tags for im in images), "missing_artwork": [im.key for im in missing],
             "concept_rule": rule, "statistics": label_statistics(manifest, concepts)}
