@@ -103,6 +103,8 @@ def _line_of(path: Path, needle: str) -> int:
     ("  val_fraction: 0.1 ", "  val_fraction: 1.5 ", r"train\.val_fraction = 1\.5 must be in \[0, 1\)"),
     ("  labels: concepts ", "  labels: tags1k ", r"ingest\.labels = 'tags1k' must be one of concepts, nuswide-zsl"),
     ("  frozen_stages: 0 ", "  frozen_stages: -1 ", r"model\.frozen_stages = -1 must be 0 \(the whole backbone trains\)"),
+    ("  open_words_cost: 0.01", "  open_words_cost: 5", r"model\.open_words_cost = 5\.0 must be null .* in \[0, 1\)"),
+    ("  open_words_cost: 0.01", "  open_words_cost: cheap", r"model\.open_words_cost = 'cheap' is not"),
 ])
 def test_a_bad_value_names_key_value_what_is_allowed_file_and_line(tmp_path, repo_root, old, new, message):
     path = _broken(tmp_path, repo_root, old, new)
