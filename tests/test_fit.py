@@ -87,11 +87,12 @@ def test_the_offset_for_held_out_labels_is_fitted_on_validation_and_saved_with_t
     fits, held, concepts, vectors, manifest, images, _, config = fitted
     found, model = fits["labelspace"].open_words, config.model
     assert not fits["bce"].open_words
-    shift = found["offset"] - model.open_words_offset
+    shift = found["fitted_offset"] - model.open_words_offset
     assert shift >= 0 and shift % 0.25 == 0
     assert (shift > 0) == (found["val_cost_before"] > model.open_words_cost)
     assert found["val_cost"] <= model.open_words_cost or shift == 8
-    # The saved weights measure what the fit measured: the same validation cost from a rebuilt network.
+    # The saved weights measure what the fit measured: the same validation cost from a rebuilt network,
+    # its scores as serving returns them (one ranking of training labels and held-out words together).
     trained = fits["labelspace"].model
     network = trained.build().eval()
     val = split_indices(manifest, config.train.val_fraction, config.train.seed)["val"]
@@ -99,8 +100,7 @@ def test_the_offset_for_held_out_labels_is_fitted_on_validation_and_saved_with_t
     ranked = np.concatenate([trained.label_vectors, vectors[[concepts.index(c) for c in held.labels]]])
     scores = scores_from_features(network, feats, ranked)
     n = len(trained.labels)
-    again = unseen_shift_for_cost(scores[:, :n], scores[:, n:] / float(network.seen_scale[1]),
-                                  target_matrix(manifest.iloc[val], trained.labels), 1.0)
+    again = unseen_shift_for_cost(scores[:, :n], scores[:, n:], target_matrix(manifest.iloc[val], trained.labels), 1.0)
     assert again["cost_before"] == pytest.approx(found["val_cost"], abs=1e-9)
     assert again["share_before"] == pytest.approx(found["val_share"], abs=1e-9)
 

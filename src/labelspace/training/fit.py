@@ -225,7 +225,7 @@ def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scor
         return note, {}
     device = next(model.parameters()).device
     calibrate = config.open_words_cost is not None and len(held_vectors) > 0
-    if final_scores is not None and validate.features is not None:  # the last epoch's pass: the final weights
+    if validate.features is not None:  # the final weights': the last epoch's pass, or fit_head's scoring after it
         feats = validate.features
     else:
         n = len(validate.val_idx) if calibrate else REFERENCE_IMAGES
@@ -241,13 +241,14 @@ def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scor
                                  share=config.open_words_share)
 
     fit(config.open_words_offset)
-    fitted = {"offset": float(config.open_words_offset)}
+    fitted = {"fitted_offset": float(config.open_words_offset)}
     if calibrate:
-        scores = scores_from_features(model, feats, np.concatenate([vectors, held_vectors]), device)
         # Raising κ by Δ moves every such word's D back by Δ s (times the learned scale, if any) and
-        # changes nothing else (networks): the search shifts these scores instead of fitting again.
-        unit = float(model.seen_scale[1]) * (float(model.log_scale.exp()) if model.learn_scale else 1.0)
-        found = unseen_shift_for_cost(scores[:, :len(vectors)], scores[:, len(vectors):] / unit, targets,
+        # changes nothing else (networks): the search shifts these scores, in units of that, instead of
+        # fitting again. (A held-out label whose vector is a training label's is ranked as that label.)
+        unit = float(model.seen_scale[1]) * (float(model.log_scale.detach().exp()) if model.learn_scale else 1.0)
+        scores = scores_from_features(model, feats, np.concatenate([vectors, held_vectors]), device) / unit
+        found = unseen_shift_for_cost(scores[:, :len(vectors)], scores[:, len(vectors):], targets,
                                       config.open_words_cost)
         if found["shift"]:
             fit(config.open_words_offset + found["shift"])
@@ -255,7 +256,7 @@ def _fit_open_words(model, vectors: np.ndarray, validate: Validation, final_scor
                      "%.1f points of validation top-3 O-F1 (at most %.1f)", config.open_words_offset,
                      config.open_words_offset + found["shift"], len(held_vectors), 100 * found["cost_before"],
                      100 * config.open_words_cost)
-        fitted = {"offset": float(config.open_words_offset + found["shift"]),
+        fitted = {"fitted_offset": float(config.open_words_offset + found["shift"]),
                   **{f"val_{k}": v for k, v in found.items() if k != "shift"}}
     return note, fitted
 
