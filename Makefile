@@ -22,7 +22,7 @@ setup: $(STAMP)
 system-packages:
 	@bash scripts/install_system_packages.sh
 
-# Packages the real-tag datasets are built from (OpenMoji from npm into data/packages/; docs/datasets.md).
+# Packages the real-tag datasets are built from (OpenMoji and Tabler icons, from npm into data/packages/; docs/datasets.md).
 datasets:
 	@bash scripts/fetch_datasets.sh
 

@@ -13,13 +13,12 @@ TABLER_SHA256=045a7ba97bc8950579b341075d3eee5e73e708e0c81b28cac2bd5eb3aa840e67
 tmp=""
 trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT
 
-# fetch NPM_SPEC TARBALL_NAME SHA256 DEST MARKER...: npm pack the spec, check the tarball, unpack its
-# package/ folder into DEST; skipped when every MARKER (a path under DEST) is there.
+# fetch NPM_SPEC TARBALL_NAME SHA256 DEST: npm pack the spec, check the tarball, unpack its package/
+# folder beside DEST and rename it into place, with DEST/.fetched (the SHA-256) written before the
+# rename: a DEST holding the pinned SHA-256 is complete, and is skipped; anything else is fetched again.
 fetch() {
-  local spec=$1 tarball=$2 sha256=$3 dest=$4 marker missing=0
-  shift 4
-  for marker in "$@"; do [ -e "$dest/$marker" ] || missing=1; done
-  [ "$missing" = 0 ] && return 0
+  local spec=$1 tarball=$2 sha256=$3 dest=$4 partial="$4.partial"
+  [ "$(cat "$dest/.fetched" 2>/dev/null)" = "$sha256" ] && return 0
   if ! command -v npm >/dev/null; then
     echo "fetching $spec needs npm: apt-get install npm (or make system-packages)" >&2
     exit 1
@@ -27,16 +26,22 @@ fetch() {
   tmp="$(mktemp -d)"
   echo "fetching $spec (npm) into $dest"
   (cd "$tmp" && npm pack --silent "$spec" >/dev/null)
-  echo "$sha256  $tmp/$tarball" | sha256sum --check --quiet
-  mkdir -p "$tmp/unpacked" "$(dirname "$dest")"
-  tar -xzf "$tmp/$tarball" -C "$tmp/unpacked"
+  if ! echo "$sha256  $tmp/$tarball" | sha256sum --check --quiet --status; then
+    echo "$spec: the tarball's SHA-256 is not the pinned $sha256, so nothing was installed;" \
+         "run make datasets again (a broken download), or check the package and update the pin in $0" >&2
+    exit 1
+  fi
+  rm -rf "$partial"
+  mkdir -p "$partial"
+  tar -xzf "$tmp/$tarball" -C "$partial"
+  echo "$sha256" > "$partial/package/.fetched"
   rm -rf "$dest"
-  mv "$tmp/unpacked/package" "$dest"
-  rm -rf "$tmp"
+  mv "$partial/package" "$dest"
+  rm -rf "$partial" "$tmp"
   tmp=""
 }
 
 fetch "openmoji@$OPENMOJI_VERSION" "openmoji-$OPENMOJI_VERSION.tgz" "$OPENMOJI_SHA256" \
-  "data/packages/openmoji-$OPENMOJI_VERSION" data/openmoji.json color/svg
+  "data/packages/openmoji-$OPENMOJI_VERSION"
 fetch "@tabler/icons@$TABLER_VERSION" "tabler-icons-$TABLER_VERSION.tgz" "$TABLER_SHA256" \
-  "data/packages/tabler-icons-$TABLER_VERSION" icons.json icons/outline
+  "data/packages/tabler-icons-$TABLER_VERSION"

@@ -271,6 +271,9 @@ def build_tag_dataset(out: str | os.PathLike, *, source: str = "openmoji", packa
 
     `skin_tones` is the older name of `variants` (OpenMoji's skin-tone variants)."""
     if skin_tones is not None:
+        if variants and not skin_tones:
+            raise ValueError("variants=True and skin_tones=False disagree: skin_tones is the older name of variants; "
+                             "pass variants alone")
         variants = skin_tones
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}: one of {', '.join(SOURCES)}")
