@@ -96,7 +96,7 @@ def test_the_offset_for_held_out_labels_is_fitted_on_validation_and_saved_with_t
     trained = fits["labelspace"].model
     network = trained.build().eval()
     val = split_indices(manifest, config.train.val_fraction, config.train.seed)["val"]
-    feats = extract_features(network, images, val, torch.device("cpu"), 64)
+    feats = extract_features(network, images, val, torch.device("cpu"), config.train.feature_batch_size)  # as fit batched them
     ranked = np.concatenate([trained.label_vectors, vectors[[concepts.index(c) for c in held.labels]]])
     scores = scores_from_features(network, feats, ranked)
     n = len(trained.labels)
