@@ -146,7 +146,6 @@ class TrainingLogger:
         mlflow.log_metrics({f"{self.head}/val_threshold_{_metric_name(k)}": float(v)
                             for k, v in calibration["validation"].items()})
 
-
     def open_words(self, fitted: dict[str, float]) -> None:
         """The offset κ words never trained on were fitted with (labelspace.training.fit._fit_open_words),
         and what the held-out labels cost the training labels on validation before and after."""
