@@ -151,12 +151,10 @@ def test_skin_tone_variants_carry_the_base_tags_and_share_its_split(package, vec
     images = {im.key: im for im in read_openmoji(package, skin_tones=True)}
     assert images["1F44D-1F3FB"].tags == images["1F44D"].tags and images["1F44D-1F3FB"].base == "1F44D"
     for seed in range(6):
-        _build(package, vectors, tmp_path / "ds", skin_tones=True, seed=seed)
+        _build(package, vectors, tmp_path / "ds", variants=True, seed=seed)
         manifest, _ = read_nuswide_layout(tmp_path / "ds")
         splits = manifest[manifest["image_id"].str.contains("_1F44D")]["split"]
         assert len(splits) == 2 and splits.nunique() == 1
-    with pytest.raises(ValueError, match="skin_tones is the older name of variants"):
-        _build(package, vectors, tmp_path / "ds", variants=True, skin_tones=False)
 
 
 def test_a_missing_package_names_the_install_command(tmp_path, vectors):

@@ -265,16 +265,9 @@ def sample_bases(images: list[TaggedImage], max_images: int | None, seed: int) -
 
 def build_tag_dataset(out: str | os.PathLike, *, source: str = "openmoji", package: str | os.PathLike,
                       has_vector: Callable[[str], bool], n_concepts: int = 80, image_size: int = 64, seed: int = 0,
-                      test_fraction: float = 0.2, variants: bool = False, skin_tones: bool | None = None,
+                      test_fraction: float = 0.2, variants: bool = False,
                       max_images: int | None = None, workers: int | None = None) -> dict:
-    """Write the dataset under `out` (replacing an earlier build); returns its report (rule, counts, statistics).
-
-    `skin_tones` is the older name of `variants` (OpenMoji's skin-tone variants)."""
-    if skin_tones is not None:
-        if variants and not skin_tones:
-            raise ValueError("variants=True and skin_tones=False disagree: skin_tones is the older name of variants; "
-                             "pass variants alone")
-        variants = skin_tones
+    """Write the dataset under `out` (replacing an earlier build); returns its report (rule, counts, statistics)."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}: one of {', '.join(SOURCES)}")
     if not 0 < test_fraction < 1:
